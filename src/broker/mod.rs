@@ -1,0 +1,329 @@
+//! The routing core: sessions by client id, the subscription trie and the retained store.
+//! L2: never imports `session/`, `protocol/` or `tokio::net`; it sees a subscriber only as a
+//! `Session` with a bounded queue. Invariant: `publish` is a sync fn that never waits on another
+//! client and takes no global lock: per-node trie locks, then one short lock per subscriber.
+
+pub(crate) mod queue;
+pub(crate) mod registry;
+pub(crate) mod retained;
+pub(crate) mod trie;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::{oneshot, Notify};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::message::{min_qos, QoS, SharedMessage};
+use crate::topic::{ClientId, TopicFilter};
+use queue::{Delivery, QueueLimits};
+use registry::{ConnSlot, Kick, Offer, Session};
+use retained::RetainedTree;
+use trie::SubscriptionTrie;
+
+/// Broker-wide counters (relaxed atomics; read for logs and tests).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// PUBLISH packets routed (including wills).
+    pub(crate) published: AtomicU64,
+    /// Deliveries refused because a subscriber's queue was full.
+    pub(crate) dropped: AtomicU64,
+    /// Publishes dropped because the client may not publish there (e.g. `$SYS/...`).
+    pub(crate) denied: AtomicU64,
+    /// Seconds since `start` of the last "dropping" warning, to rate-limit it.
+    last_drop_warn_s: AtomicU64,
+}
+
+/// What a connection gets when it attaches to its session.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    pub(crate) session: Arc<Session>,
+    pub(crate) conn_id: u64,
+    /// [MQTT-3.2.2-2, -3] a stored session was resumed.
+    pub(crate) session_present: bool,
+    /// Fires when the broker wants this connection gone (takeover).
+    pub(crate) kick: oneshot::Receiver<Kick>,
+    /// Signalled when the session queue has something for this connection.
+    pub(crate) wake: Arc<Notify>,
+}
+
+/// The shared broker. Cheap to clone; all state lives in `Inner`.
+#[derive(Clone)]
+pub(crate) struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: QueueLimits,
+    queue_qos0_offline: bool,
+    /// Per-node locks inside; see trie.rs.
+    subs: SubscriptionTrie<Arc<Session>>,
+    retained: RetainedTree<SharedMessage>,
+    /// ClientId -> session. DashMap shards the lock so connects of different clients rarely
+    /// contend; the publish path never touches it (the trie holds the sessions).
+    sessions: DashMap<ClientId, Arc<Session>>,
+    next_conn_id: AtomicU64,
+    start: Instant,
+    stats: Stats,
+}
+
+thread_local! {
+    /// Reused per worker thread so routing a publish does not allocate.
+    static MATCHES: RefCell<Vec<(Arc<Session>, QoS)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Broker {
+    pub(crate) fn new(config: &Config) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                limits: QueueLimits {
+                    max_inflight: usize::from(config.limits.max_inflight),
+                    max_queued_messages: config.limits.max_queued_messages,
+                    max_queued_bytes: config.limits.max_queued_bytes,
+                },
+                queue_qos0_offline: config.session.queue_qos0_messages,
+                subs: SubscriptionTrie::new(),
+                retained: RetainedTree::new(),
+                sessions: DashMap::new(),
+                next_conn_id: AtomicU64::new(1),
+                start: Instant::now(),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &QueueLimits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Attaches a new connection to the session of `client_id`, creating, resuming or replacing
+    /// it. An existing connection with this id is kicked ([MQTT-3.1.4-2]). With CleanSession=1
+    /// on either side the old session is discarded ([MQTT-3.1.2-6]); with both persistent it is
+    /// resumed ([MQTT-3.1.2-4]).
+    pub(crate) fn attach(&self, client_id: &ClientId, clean: bool) -> Attached {
+        let conn_id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, kick_rx) = oneshot::channel();
+        let wake = Arc::new(Notify::new());
+        let slot = ConnSlot {
+            id: conn_id,
+            kick: kick_tx,
+            wake: wake.clone(),
+        };
+        let mut discarded_subs = Vec::new();
+        let (session, session_present) = match self.inner.sessions.entry(client_id.clone()) {
+            Entry::Occupied(mut e) => {
+                let old = e.get().clone();
+                let mut st = old.lock();
+                if let Some(prev) = st.conn.take() {
+                    // The old connection may already be gone; a failed send is fine.
+                    let _ = prev.kick.send(Kick::TakenOver { new_clean: clean });
+                }
+                if clean || old.clean {
+                    st.discarded = true;
+                    discarded_subs.extend(st.subscriptions.drain().map(|(f, _)| f));
+                    drop(st);
+                    let fresh = Arc::new(Session::new(client_id.clone(), clean));
+                    fresh.lock().conn = Some(slot);
+                    e.insert(fresh.clone());
+                    (fresh, false)
+                } else {
+                    st.conn = Some(slot);
+                    st.disconnected_at = None;
+                    drop(st);
+                    (old, true)
+                }
+            }
+            Entry::Vacant(e) => {
+                let fresh = Arc::new(Session::new(client_id.clone(), clean));
+                fresh.lock().conn = Some(slot);
+                e.insert(fresh.clone());
+                (fresh, false)
+            }
+        };
+        for f in &discarded_subs {
+            self.inner.subs.unsubscribe(f, client_id);
+        }
+        Attached {
+            session,
+            conn_id,
+            session_present,
+            kick: kick_rx,
+            wake,
+        }
+    }
+
+    /// Detaches connection `conn_id` from its session when the connection ends. A clean session
+    /// ends with it; a persistent one stays to queue messages. A connection that was taken over
+    /// no longer owns the session and changes nothing.
+    pub(crate) fn detach(&self, session: &Arc<Session>, conn_id: u64) {
+        let mut st = session.lock();
+        if st.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        st.conn = None;
+        if session.clean {
+            st.discarded = true;
+            let subs: Vec<TopicFilter> = st.subscriptions.drain().map(|(f, _)| f).collect();
+            drop(st);
+            for f in &subs {
+                self.inner.subs.unsubscribe(f, &session.client_id);
+            }
+            self.inner
+                .sessions
+                .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
+        } else {
+            st.disconnected_at = Some(Instant::now());
+            if !self.inner.queue_qos0_offline {
+                st.out.drop_queued_qos0();
+            }
+        }
+    }
+
+    /// Adds or replaces a subscription of `session` ([MQTT-3.8.4-3]). Returns false if the
+    /// session was discarded meanwhile (a takeover raced this SUBSCRIBE).
+    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, qos: QoS) -> bool {
+        let mut st = session.lock();
+        if st.discarded {
+            return false;
+        }
+        st.subscriptions.insert(filter.clone(), qos);
+        // Under the session lock, so a concurrent discard cannot miss this subscription.
+        self.inner
+            .subs
+            .subscribe(filter, &session.client_id, session.clone(), qos);
+        true
+    }
+
+    /// Removes a subscription; in-flight and queued messages still complete ([MQTT-3.10.4-3]).
+    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) {
+        let mut st = session.lock();
+        if st.subscriptions.remove(filter).is_some() {
+            self.inner.subs.unsubscribe(filter, &session.client_id);
+        }
+    }
+
+    /// Queues the retained messages matching `filter` for `session`, with RETAIN=1
+    /// ([MQTT-3.3.1-8]) at min(retained QoS, granted QoS). They bypass the queue bound: they
+    /// are already held by the retained store, and dropping them would lose state silently.
+    pub(crate) fn send_retained(&self, session: &Arc<Session>, filter: &TopicFilter, granted: QoS) {
+        let mut found = Vec::new();
+        self.inner.retained.matching(filter, &mut found);
+        for msg in found {
+            let qos = min_qos(msg.qos, granted);
+            let d = Delivery {
+                msg,
+                qos,
+                retain: true,
+            };
+            session.offer(d, &self.inner.limits, true, true);
+        }
+    }
+
+    /// Routes one message: updates the retained store if RETAIN is set, then queues one
+    /// delivery per matching session at the highest granted QoS ([MQTT-3.3.5-1]), with
+    /// RETAIN=0 ([MQTT-3.3.1-9]). Never waits: a full queue drops for that subscriber only.
+    pub(crate) fn publish(&self, msg: SharedMessage) {
+        let inner = &*self.inner;
+        inner.stats.published.fetch_add(1, Ordering::Relaxed);
+        if msg.retain {
+            if msg.payload.is_empty() {
+                // [MQTT-3.3.1-10] a zero-length retained message clears the topic...
+                inner.retained.remove(&msg.topic);
+            } else {
+                // [MQTT-3.3.1-5] ...any other replaces it.
+                inner.retained.set(&msg.topic, msg.clone());
+            }
+        }
+        MATCHES.with(|cell| {
+            let Ok(mut matches) = cell.try_borrow_mut() else {
+                // Re-entrant publish on this thread: use a fresh buffer.
+                let mut fresh = Vec::new();
+                self.route(&msg, &mut fresh);
+                return;
+            };
+            self.route(&msg, &mut matches);
+            if matches.capacity() > 4096 {
+                matches.shrink_to(4096);
+            }
+        });
+    }
+
+    fn route(&self, msg: &SharedMessage, matches: &mut Vec<(Arc<Session>, QoS)>) {
+        let inner = &*self.inner;
+        inner.subs.matches(&msg.topic, matches);
+        for (session, granted) in matches.drain(..) {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: min_qos(msg.qos, granted),
+                retain: false,
+            };
+            if session.offer(d, &inner.limits, inner.queue_qos0_offline, false) == Offer::Full {
+                self.note_drop(&session);
+            }
+        }
+    }
+
+    /// Counts a drop and warns at most once a second.
+    fn note_drop(&self, session: &Session) {
+        let inner = &*self.inner;
+        let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_s = inner.start.elapsed().as_secs() + 1;
+        let last = inner.stats.last_drop_warn_s.load(Ordering::Relaxed);
+        if now_s > last
+            && inner
+                .stats
+                .last_drop_warn_s
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                client_id = %session.client_id,
+                session_dropped = session.dropped.load(Ordering::Relaxed),
+                total_dropped = total,
+                limit = inner.limits.max_queued_messages,
+                "subscriber queue full: dropping messages (warning at most once a second)"
+            );
+        }
+    }
+
+    /// Counts a publish the client was not allowed to make.
+    pub(crate) fn note_denied(&self) {
+        self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes persistent sessions disconnected for longer than `max_age`; returns how many.
+    pub(crate) fn expire_sessions(&self, max_age: Duration) -> usize {
+        let mut expired = Vec::new();
+        self.inner.sessions.retain(|_, s| {
+            let mut st = s.lock();
+            let old = st.conn.is_none()
+                && st.disconnected_at.is_some_and(|t| t.elapsed() >= max_age);
+            if old {
+                st.discarded = true;
+                expired.push((s.client_id.clone(), std::mem::take(&mut st.subscriptions)));
+            }
+            !old
+        });
+        for (id, subs) in &expired {
+            for f in subs.keys() {
+                self.inner.subs.unsubscribe(f, id);
+            }
+            info!(client_id = %id, "persistent session expired");
+        }
+        expired.len()
+    }
+
+    /// Number of sessions (connected or persistent) known to the broker.
+    pub(crate) fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+}

@@ -1,0 +1,345 @@
+//! A session's outgoing state: the in-flight window and the bounded queue behind it.
+//! L2: pure data (no I/O, no locks); the owning `Session` guards it with its mutex.
+//! Invariants: at most `max_inflight` QoS>0 messages are unacknowledged; packet ids in flight are
+//! unique ([MQTT-2.3.1-2]); the queue never exceeds its bounds (what overflows is refused);
+//! messages leave in the order they were queued ([MQTT-4.6.0-5]).
+
+use std::collections::VecDeque;
+
+use crate::message::{QoS, SharedMessage};
+
+/// One message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) msg: SharedMessage,
+    /// min(published QoS, granted QoS).
+    pub(crate) qos: QoS,
+    /// RETAIN flag on the wire: 1 only when sent because of a new subscription ([MQTT-3.3.1-8,-9]).
+    pub(crate) retain: bool,
+}
+
+/// Where an outgoing QoS>0 message is in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP (QoS 2).
+    Released,
+}
+
+/// An unacknowledged outgoing message with its packet id.
+#[derive(Debug, Clone)]
+pub(crate) struct InflightEntry {
+    pub(crate) pkid: u16,
+    pub(crate) delivery: Delivery,
+    pub(crate) state: InflightState,
+}
+
+/// Bounds of one session's queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub(crate) max_inflight: usize,
+    pub(crate) max_queued_messages: usize,
+    /// 0 = no byte bound.
+    pub(crate) max_queued_bytes: usize,
+}
+
+/// What a client's acknowledgement means for the window.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AckOutcome {
+    /// The message is done; credit was freed.
+    Completed,
+    /// Send PUBREL for this id (PUBREC received, or PUBREC for an unknown id).
+    SendPubrel,
+    /// An acknowledgement for an id we do not know: ignored, as the checklist chooses.
+    Unknown,
+    /// The wrong acknowledgement for the message's QoS or state: close the connection.
+    WrongAck,
+}
+
+/// The outgoing half of a session.
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<InflightEntry>,
+    /// The last packet id handed out; ids count up from 1 and wrap past 65535.
+    last_pkid: u16,
+}
+
+/// What `next` hands the connection to write.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) delivery: Delivery,
+    /// 0 for QoS 0.
+    pub(crate) pkid: u16,
+}
+
+impl Outbound {
+    /// Queues a delivery. `force` skips the bounds (retained messages sent on SUBSCRIBE, which
+    /// are already held by the retained store). Returns whether the queue was empty before, or
+    /// `Err(())` when the delivery was refused because the queue is full.
+    pub(crate) fn push(
+        &mut self,
+        d: Delivery,
+        limits: &QueueLimits,
+        force: bool,
+    ) -> Result<bool, ()> {
+        let len = d.msg.payload.len();
+        if !force {
+            let over_count = self.queue.len() >= limits.max_queued_messages;
+            let over_bytes = limits.max_queued_bytes != 0
+                && self.queued_bytes + len > limits.max_queued_bytes
+                && !self.queue.is_empty();
+            if over_count || over_bytes {
+                return Err(());
+            }
+        }
+        let was_empty = self.queue.is_empty();
+        self.queued_bytes += len;
+        self.queue.push_back(d);
+        Ok(was_empty)
+    }
+
+    /// Takes the next message to write, if the window allows: QoS 0 always goes; QoS>0 needs
+    /// credit and gets a fresh packet id. Stops at the first message without credit, so order
+    /// is kept ([MQTT-4.6.0-5]).
+    pub(crate) fn next(&mut self, limits: &QueueLimits) -> Option<Outgoing> {
+        let front = self.queue.front()?;
+        let pkid = if front.qos == QoS::AtMostOnce {
+            0
+        } else {
+            if self.inflight.len() >= limits.max_inflight {
+                return None;
+            }
+            self.alloc_pkid()?
+        };
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.msg.payload.len();
+        if pkid != 0 {
+            self.inflight.push_back(InflightEntry {
+                pkid,
+                delivery: delivery.clone(),
+                state: InflightState::Sent,
+            });
+        }
+        Some(Outgoing { delivery, pkid })
+    }
+
+    /// [MQTT-2.3.1-2] the next id not in use, counting up from 1 and wrapping past 65535.
+    fn alloc_pkid(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            self.last_pkid = self.last_pkid.wrapping_add(1);
+            if self.last_pkid == 0 {
+                self.last_pkid = 1;
+            }
+            let candidate = self.last_pkid;
+            if !self.inflight.iter().any(|e| e.pkid == candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    fn position(&self, pkid: u16) -> Option<usize> {
+        self.inflight.iter().position(|e| e.pkid == pkid)
+    }
+
+    /// PUBACK from the client.
+    pub(crate) fn on_puback(&mut self, pkid: u16) -> AckOutcome {
+        match self.position(pkid) {
+            None => AckOutcome::Unknown,
+            Some(i) if self.inflight[i].delivery.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(i);
+                AckOutcome::Completed
+            }
+            Some(_) => AckOutcome::WrongAck,
+        }
+    }
+
+    /// PUBREC from the client: the message moves to Released and PUBREL goes out (again, if
+    /// the PUBREC is repeated). An unknown id still gets PUBREL.
+    pub(crate) fn on_pubrec(&mut self, pkid: u16) -> AckOutcome {
+        match self.position(pkid) {
+            None => AckOutcome::SendPubrel,
+            Some(i) if self.inflight[i].delivery.qos == QoS::ExactlyOnce => {
+                self.inflight[i].state = InflightState::Released;
+                AckOutcome::SendPubrel
+            }
+            Some(_) => AckOutcome::WrongAck,
+        }
+    }
+
+    /// PUBCOMP from the client: valid only after PUBREL went out.
+    pub(crate) fn on_pubcomp(&mut self, pkid: u16) -> AckOutcome {
+        match self.position(pkid) {
+            None => AckOutcome::Unknown,
+            Some(i) if self.inflight[i].state == InflightState::Released => {
+                self.inflight.remove(i);
+                AckOutcome::Completed
+            }
+            Some(_) => AckOutcome::WrongAck,
+        }
+    }
+
+    /// The unacknowledged messages in send order, for the re-send on session resume.
+    pub(crate) fn inflight(&self) -> impl Iterator<Item = &InflightEntry> {
+        self.inflight.iter()
+    }
+
+    /// Whether `next` could hand out something now.
+    pub(crate) fn ready(&self, limits: &QueueLimits) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(d) => d.qos == QoS::AtMostOnce || self.inflight.len() < limits.max_inflight,
+        }
+    }
+
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
+    /// `queue_qos0_messages` allows).
+    pub(crate) fn drop_queued_qos0(&mut self) {
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let keep = d.qos != QoS::AtMostOnce;
+            if keep {
+                bytes += d.msg.payload.len();
+            }
+            keep
+        });
+        self.queued_bytes = bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::topic::TopicName;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_inflight: 2,
+        max_queued_messages: 3,
+        max_queued_bytes: 0,
+    };
+
+    fn d(qos: QoS, n: u8) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: TopicName::parse("t").unwrap(),
+                payload: Bytes::from(vec![n]),
+                qos,
+                retain: false,
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    /// The queue refuses what exceeds max_queued_messages; `force` bypasses it.
+    #[test]
+    fn queue_is_bounded() {
+        let mut o = Outbound::default();
+        assert_eq!(o.push(d(QoS::AtLeastOnce, 1), &LIMITS, false), Ok(true));
+        assert_eq!(o.push(d(QoS::AtLeastOnce, 2), &LIMITS, false), Ok(false));
+        assert_eq!(o.push(d(QoS::AtLeastOnce, 3), &LIMITS, false), Ok(false));
+        assert_eq!(o.push(d(QoS::AtLeastOnce, 4), &LIMITS, false), Err(()));
+        assert!(o.push(d(QoS::AtLeastOnce, 5), &LIMITS, true).is_ok());
+        assert_eq!(o.queued_len(), 4);
+    }
+
+    /// The byte bound refuses a message that would exceed it (but never an empty queue's first).
+    #[test]
+    fn byte_bound() {
+        let limits = QueueLimits {
+            max_queued_bytes: 2,
+            ..LIMITS
+        };
+        let mut o = Outbound::default();
+        assert!(o.push(d(QoS::AtMostOnce, 1), &limits, false).is_ok());
+        assert!(o.push(d(QoS::AtMostOnce, 2), &limits, false).is_ok());
+        assert!(o.push(d(QoS::AtMostOnce, 3), &limits, false).is_err());
+    }
+
+    /// The window holds at most max_inflight QoS>0 messages; ids count up from 1; order holds.
+    #[test]
+    fn window_gates_qos1_and_keeps_order() {
+        let mut o = Outbound::default();
+        for n in 0..3 {
+            o.push(d(QoS::AtLeastOnce, n), &LIMITS, false).unwrap();
+        }
+        assert_eq!(o.next(&LIMITS).unwrap().pkid, 1);
+        assert_eq!(o.next(&LIMITS).unwrap().pkid, 2);
+        assert!(o.next(&LIMITS).is_none(), "window of 2 is full");
+        assert!(!o.ready(&LIMITS));
+        assert_eq!(o.on_puback(1), AckOutcome::Completed);
+        let third = o.next(&LIMITS).unwrap();
+        assert_eq!((third.pkid, third.delivery.msg.payload[0]), (3, 2));
+    }
+
+    /// [MQTT-2.3.1-2] ids wrap past 65535 to 1 and skip ids still in flight.
+    #[test]
+    fn pkid_wraps_and_skips_in_use() {
+        let mut o = Outbound {
+            last_pkid: 65_534,
+            ..Outbound::default()
+        };
+        let limits = QueueLimits {
+            max_inflight: 10,
+            ..LIMITS
+        };
+        o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
+        o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
+        assert_eq!(o.next(&limits).unwrap().pkid, 65_535);
+        assert_eq!(o.next(&limits).unwrap().pkid, 1);
+        o.last_pkid = 0;
+        o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
+        assert_eq!(o.next(&limits).unwrap().pkid, 2, "1 is still in flight");
+    }
+
+    /// QoS 2: PUBREC releases (repeatable), PUBCOMP completes; wrong acks are flagged.
+    #[test]
+    fn qos2_handshake_and_wrong_acks() {
+        let mut o = Outbound::default();
+        o.push(d(QoS::ExactlyOnce, 0), &LIMITS, false).unwrap();
+        o.push(d(QoS::AtLeastOnce, 0), &LIMITS, false).unwrap();
+        let q2 = o.next(&LIMITS).unwrap().pkid;
+        let q1 = o.next(&LIMITS).unwrap().pkid;
+        assert_eq!(o.on_puback(q2), AckOutcome::WrongAck);
+        assert_eq!(o.on_pubcomp(q2), AckOutcome::WrongAck, "PUBCOMP before PUBREC");
+        assert_eq!(o.on_pubrec(q1), AckOutcome::WrongAck);
+        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel);
+        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel, "repeated PUBREC");
+        assert_eq!(o.on_pubcomp(q2), AckOutcome::Completed);
+        assert_eq!(o.on_pubcomp(q2), AckOutcome::Unknown);
+        assert_eq!(o.on_pubrec(999), AckOutcome::SendPubrel);
+        assert_eq!(o.on_puback(999), AckOutcome::Unknown);
+        assert_eq!(o.on_puback(q1), AckOutcome::Completed);
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    /// QoS 0 is never gated by the window.
+    #[test]
+    fn qos0_passes_full_window() {
+        let limits = QueueLimits {
+            max_inflight: 1,
+            ..LIMITS
+        };
+        let mut o = Outbound::default();
+        o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
+        o.next(&limits).unwrap();
+        o.push(d(QoS::AtMostOnce, 0), &limits, false).unwrap();
+        assert_eq!(o.next(&limits).unwrap().pkid, 0);
+    }
+}

@@ -1,0 +1,318 @@
+//! Broker configuration: the TOML schema, its defaults and its validation.
+//! L0: serde and toml only. Invariant: a `Config` that left `load`/`parse` is valid; unknown keys
+//! and bad values are errors naming the key and the file, never a panic.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The commented sample configuration; its values are the defaults (a test keeps them equal).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/broker.toml");
+
+/// The largest remaining length the MQTT encoding can carry.
+pub const PROTOCOL_MAX_PACKET_SIZE: usize = 268_435_455;
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {problems}")]
+    Invalid { path: PathBuf, problems: String },
+}
+
+/// The whole configuration. Every key is documented in config/broker.toml.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub limits: LimitsConfig,
+    pub session: SessionConfig,
+    pub auth: AuthConfig,
+    pub persistence: PersistenceConfig,
+    pub log: LogConfig,
+}
+
+/// `[listener]`: where to accept MQTT connections.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address and port to bind; port 0 picks a free port (printed as `listening on ADDR`).
+    pub bind: String,
+    /// How long shutdown waits for connections to close before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[limits]`: bounds on what one client, or all of them, may cost.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_packet_size: usize,
+    pub connect_timeout_ms: u64,
+    pub max_keepalive_s: u16,
+}
+
+/// `[session]`: session behaviour where the standard leaves a choice.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Queue QoS 0 messages for disconnected persistent sessions (Mosquitto's queue_qos0_messages).
+    pub queue_qos0_messages: bool,
+    /// Seconds a disconnected persistent session is kept; 0 keeps it forever (3.1.1 has no expiry).
+    pub expiry_s: u64,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+    /// Optional file of `username:password` lines; when set, a client that sends a username
+    /// must match a line.
+    pub password_file: Option<PathBuf>,
+}
+
+/// When persisted state is flushed to disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Always,
+    Periodic,
+    Off,
+}
+
+/// What to do with a data directory that cannot be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCorrupt {
+    MoveAside,
+    Refuse,
+}
+
+/// `[persistence]`: durable sessions and retained messages on disk.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub sync: SyncMode,
+    pub flush_interval_ms: u64,
+    pub on_corrupt: OnCorrupt,
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing-subscriber filter such as "info" or "brokerd=debug"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: "127.0.0.1:1883".into(),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_inflight: 20,
+            max_queued_messages: 1_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_packet_size: 1_048_576,
+            connect_timeout_ms: 10_000,
+            max_keepalive_s: 65_535,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            queue_qos0_messages: false,
+            expiry_s: 0,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: None,
+        }
+    }
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            enabled: false,
+            path: PathBuf::from("data"),
+            sync: SyncMode::Always,
+            flush_interval_ms: 1_000,
+            on_corrupt: OnCorrupt::MoveAside,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks every value; returns all problems at once, each naming its key.
+    fn validate(&self) -> Result<(), String> {
+        let mut problems = String::new();
+        let mut bad = |key: &str, why: &str| {
+            if !problems.is_empty() {
+                problems.push_str("; ");
+            }
+            let _ = write!(problems, "{key}: {why}");
+        };
+        if self.listener.bind.parse::<SocketAddr>().is_err() {
+            bad("listener.bind", "must be an IP:port such as \"127.0.0.1:1883\"");
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            bad("limits.max_connections", "must be at least 1");
+        }
+        if l.max_inflight == 0 {
+            bad("limits.max_inflight", "must be 1..=65535");
+        }
+        if l.max_queued_messages == 0 {
+            bad("limits.max_queued_messages", "must be at least 1");
+        }
+        if !(2..=PROTOCOL_MAX_PACKET_SIZE).contains(&l.max_packet_size) {
+            bad("limits.max_packet_size", "must be 2..=268435455 bytes");
+        }
+        if l.connect_timeout_ms == 0 {
+            bad("limits.connect_timeout_ms", "must be at least 1");
+        }
+        if l.max_keepalive_s == 0 {
+            bad("limits.max_keepalive_s", "must be 1..=65535");
+        }
+        if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
+            bad("persistence.path", "must not be empty");
+        }
+        if self.persistence.flush_interval_ms == 0 {
+            bad("persistence.flush_interval_ms", "must be at least 1");
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            bad("log.level", "is not a valid filter (e.g. \"info\", \"brokerd=debug\")");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The listener address (validated).
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.listener
+            .bind
+            .parse()
+            .expect("validate() checked listener.bind")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listener: ListenerConfig::default(),
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            persistence: PersistenceConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// config/broker.toml documents the defaults: parsing it gives `Config::default()`.
+    #[test]
+    fn sample_config_equals_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("config/broker.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let err = Config::parse("[limits]\nmax_inflite = 3\n", Path::new("/etc/b.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("max_inflite") && msg.contains("/etc/b.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let err = Config::parse(
+            "[listener]\nbind = \"nope\"\n[limits]\nmax_packet_size = 300000000\nmax_inflight = 0\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["listener.bind", "limits.max_packet_size", "limits.max_inflight"] {
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let err = Config::parse("[limits]\nmax_inflight = \"x\"\n", Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+}

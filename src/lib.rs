@@ -1,0 +1,130 @@
+//! brokerd: an MQTT 3.1.1 broker daemon.
+//!
+//! # Layout
+//!
+//! The modules form layers; a module only uses the layers below it.
+//!
+//! | layer | modules | owns |
+//! |---|---|---|
+//! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
+//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
+//! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
+//! | L4 | `server` | the accept loop and the connection limit |
+//! | L5 | `run` (here), `main.rs` | startup, shutdown, the binary |
+//!
+//! # One PUBLISH, from the publisher's socket to the subscriber's socket
+//!
+//! 1. The publisher's session task reads into the read buffer it owns and `codec::decode`s a
+//!    packet: the payload is copied out once (never a slice pinning the read buffer).
+//! 2. `Broker::publish` (a sync fn): updates the retained store if RETAIN is set, walks the
+//!    trie (per-node read locks) into a reused per-thread buffer, deduplicated per client at
+//!    the highest granted QoS, and offers each subscriber's `Session` an `Arc` of the message.
+//!    A full queue drops for that subscriber only, counted and logged at most once a second.
+//! 3. The publisher's task appends PUBACK/PUBREC to its write buffer; everything produced in one
+//!    turn of its loop goes out in one write.
+//! 4. A queue going from empty to non-empty wakes the subscriber's connection (a per-connection
+//!    `Notify`). It moves what the in-flight window allows out of the queue under the session
+//!    lock, encodes outside it, and writes the batch.
+//! 5. PUBACK (or PUBREC, PUBREL, PUBCOMP) frees window credit and the queue drains again.
+//!
+//! Nothing on this path awaits another client: a slow subscriber only fills its own queue.
+
+mod broker;
+pub mod config;
+mod error;
+mod message;
+mod protocol;
+mod server;
+mod session;
+mod topic;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{Config, ConfigError};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] session::AuthError),
+}
+
+/// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
+/// the bound address once connections are accepted, and on shutdown stops accepting, closes
+/// every connection (their wills are published) and waits at most
+/// `listener.shutdown_grace_ms` for them.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    let auth = session::Auth::load(&config.auth)?;
+    let broker = broker::Broker::new(&config);
+    let addr = config.bind_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let ctx = Arc::new(session::ConnContext {
+        broker: broker.clone(),
+        auth,
+        max_packet_size: config.limits.max_packet_size,
+        connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
+        max_keepalive_s: config.limits.max_keepalive_s,
+    });
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if config.session.expiry_s > 0 {
+        let (broker, token) = (broker.clone(), token.clone());
+        let max_age = Duration::from_secs(config.session.expiry_s);
+        tracker.spawn(async move {
+            let period = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(period) => { broker.expire_sessions(max_age); }
+                }
+            }
+        });
+    }
+    info!(%local, "listening");
+    ready(local);
+    let accept = server::accept_loop(
+        listener,
+        ctx,
+        config.limits.max_connections,
+        token.clone(),
+        tracker.clone(),
+    );
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => info!("shutdown requested"),
+    }
+    token.cancel();
+    tracker.close();
+    let grace = Duration::from_millis(config.listener.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = tracker.len(),
+            "connections still closing after listener.shutdown_grace_ms; exiting anyway"
+        );
+    }
+    info!(sessions = broker.session_count(), "stopped");
+    Ok(())
+}

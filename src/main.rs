@@ -1,0 +1,107 @@
+//! The `brokerd` binary: command line, logging, signals. Everything else is in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use brokerd::config::DEFAULT_CONFIG_TOML;
+use brokerd::Config;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// brokerd: an MQTT 3.1.1 broker.
+///
+/// With no arguments it runs on the built-in defaults (listen on 127.0.0.1:1883, anonymous
+/// clients allowed), which are exactly config/broker.toml (see --print-default-config).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Read the configuration from this TOML file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Only validate this configuration file, then exit (0 if valid).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "print_default_config"])]
+    check_config: Option<PathBuf>,
+    /// Print the commented default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("brokerd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return Ok(());
+    }
+    if let Some(path) = args.check_config {
+        Config::load(&path)?;
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    init_tracing(&config.log.level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(brokerd::run(config, shutdown_signal(), |addr| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    }))?;
+    Ok(())
+}
+
+/// Logs go to stderr (stdout carries only the `listening on ADDR` line); RUST_LOG wins over
+/// the configured level.
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => {
+            EnvFilter::try_new(&v).with_context(|| format!("invalid RUST_LOG {v:?}"))?
+        }
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log.level {level:?}"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,543 @@
+//! One client connection: CONNECT under a timeout, the session loop, and the end of it.
+//! L3: uses the codec (L1) and the broker (L2). Invariants: the task never awaits anything that
+//! belongs to another client; socket writes happen in loop bodies, never as a `select!` branch
+//! future; the end of a connection is logged once, with its `DisconnectReason`.
+
+mod auth;
+mod io;
+mod will;
+
+pub(crate) use auth::{Auth, AuthError};
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Span};
+
+use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
+use crate::broker::registry::{Kick, Session};
+use crate::broker::Broker;
+use crate::error::ProtocolError;
+use crate::message::{Message, QoS};
+use crate::protocol::codec::{self, Connect, Packet, Publish, Subscribe, Unsubscribe};
+use crate::topic::{has_forbidden_char, ClientId};
+use io::{Io, ReadError, WRITE_HIGH_WATER};
+
+/// CONNACK return codes ([MQTT-3.2.2]).
+mod connack {
+    pub(super) const ACCEPTED: u8 = 0x00;
+    pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
+    pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub(super) const NOT_AUTHORIZED: u8 = 0x05;
+}
+
+/// What every connection task shares.
+pub(crate) struct ConnContext {
+    pub(crate) broker: Broker,
+    pub(crate) auth: Auth,
+    pub(crate) max_packet_size: usize,
+    pub(crate) connect_timeout: Duration,
+    /// Keep-alive cap in seconds (65535 = none).
+    pub(crate) max_keepalive_s: u16,
+}
+
+/// Why a connection ended. Logged once, at the task boundary; also decides the will.
+#[derive(Debug)]
+pub(crate) enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client closed the socket between packets.
+    PeerClosed,
+    /// [MQTT-3.1.2-24] nothing received for 1.5 x keep-alive.
+    KeepAliveTimeout,
+    /// The client broke a rule of the standard.
+    Protocol(ProtocolError),
+    /// A rule checked at the session level (state, not syntax).
+    Violation(&'static str),
+    /// [MQTT-3.1.4-2] another connection took over the client id.
+    TakenOver { new_clean: bool },
+    /// The broker removed the session.
+    Removed,
+    /// The broker is shutting down.
+    ServerShutdown,
+    /// A socket error, including EOF inside a packet.
+    Io(std::io::Error),
+}
+
+/// Serves one accepted TCP connection until it ends. Never panics on client input.
+pub(crate) async fn run_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut io = Io::new(stream, ctx.max_packet_size);
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = timeout(ctx.connect_timeout, io.read_packet()) => r,
+    };
+    let connect = match first {
+        Err(_) => {
+            info!(%peer, "closed: no CONNECT within limits.connect_timeout_ms");
+            return;
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(_))) => {
+            warn!(%peer, "[MQTT-3.1.0-1] first packet is not CONNECT: closing");
+            return;
+        }
+        Ok(Ok(None)) => {
+            debug!(%peer, "closed before CONNECT");
+            return;
+        }
+        Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
+            // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
+            warn!(%peer, level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
+            codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return;
+        }
+        Ok(Err(ReadError::Protocol(e))) => {
+            warn!(%peer, error = %e, "protocol violation before CONNECT: closing");
+            return;
+        }
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(%peer, error = %e, "socket error before CONNECT");
+            return;
+        }
+    };
+    let Some((mut conn, kick)) = accept_connect(io, connect, peer, &ctx).await else {
+        return;
+    };
+    let reason = conn.serve(kick, &shutdown).await;
+    conn.finish(reason).await;
+}
+
+/// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
+async fn accept_connect(
+    mut io: Io,
+    c: Connect,
+    peer: SocketAddr,
+    ctx: &Arc<ConnContext>,
+) -> Option<(Connection, oneshot::Receiver<Kick>)> {
+    let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+    // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
+    let client_id: ClientId = if c.client_id.is_empty() {
+        if !c.clean_session {
+            info!(%peer, "[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
+            refuse(&mut io, connack::IDENTIFIER_REJECTED);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return None;
+        }
+        assign_client_id().into()
+    } else {
+        debug_assert!(!has_forbidden_char(&c.client_id));
+        c.client_id.as_str().into()
+    };
+    Span::current().record("client_id", &*client_id);
+    if !ctx.auth.permits(c.username.as_deref(), c.password.as_deref()) {
+        // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
+        warn!(%peer, client_id = %client_id, username = ?c.username, "not authorized: refused (0x05)");
+        refuse(&mut io, connack::NOT_AUTHORIZED);
+        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+        return None;
+    }
+    let attached = ctx.broker.attach(&client_id, c.clean_session);
+    // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
+    codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
+    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
+    info!(
+        %peer,
+        client_id = %client_id,
+        clean_session = c.clean_session,
+        keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
+        session_present = attached.session_present,
+        protocol_level = c.protocol_level,
+        "client connected"
+    );
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        io,
+        session: attached.session,
+        conn_id: attached.conn_id,
+        client_id,
+        peer,
+        will: c.will,
+        keep_alive,
+        last_seen: Instant::now(),
+        pending_drain: true,
+        batch: Vec::new(),
+        wake: attached.wake,
+    };
+    // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
+    conn.resend_inflight();
+    Some((conn, attached.kick))
+}
+
+/// [MQTT-3.1.2-24] keep-alive 0 is off; the configured cap applies (an off keep-alive is
+/// capped too when a cap is set).
+fn effective_keep_alive(requested: u16, max: u16) -> Option<Duration> {
+    let secs = match requested {
+        0 if max == u16::MAX => return None,
+        0 => max,
+        s => s.min(max),
+    };
+    Some(Duration::from_secs(u64::from(secs)))
+}
+
+/// A unique id for a client that sent none ([MQTT-3.1.3-6]).
+fn assign_client_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("auto-{:x}-{n:x}", t & 0xffff_ffff_ffff)
+}
+
+/// The live state of an accepted connection.
+struct Connection {
+    ctx: Arc<ConnContext>,
+    io: Io,
+    session: Arc<Session>,
+    conn_id: u64,
+    client_id: ClientId,
+    peer: SocketAddr,
+    will: Option<codec::Will>,
+    keep_alive: Option<Duration>,
+    last_seen: Instant,
+    /// The session queue may have something for us.
+    pending_drain: bool,
+    /// Reused between drains so moving messages out of the queue does not allocate.
+    batch: Vec<Outgoing>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What woke the session loop.
+enum Event {
+    Shutdown,
+    Kicked(Kick),
+    Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
+    Wake,
+    KeepAliveTick,
+}
+
+/// Outgoing payload bytes moved from the queue per drain, so one drain stays bounded.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_MESSAGES: usize = 256;
+
+impl Connection {
+    /// The session loop: read packets, deliver queued messages, enforce keep-alive.
+    async fn serve(
+        &mut self,
+        mut kick: oneshot::Receiver<Kick>,
+        shutdown: &CancellationToken,
+    ) -> DisconnectReason {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut ka_timer = pin!(sleep_until(
+            self.keep_alive.map_or(far, |ka| self.last_seen + ka * 3 / 2)
+        ));
+        loop {
+            if self.pending_drain && self.io.pending_output() < WRITE_HIGH_WATER {
+                self.drain();
+            }
+            if let Err(e) = self.io.try_flush() {
+                return DisconnectReason::Io(e);
+            }
+            // Backpressure: while our output to this client is backed up, stop reading its
+            // input (TCP then slows a fast publisher) and stop taking from its queue.
+            let backed_up = self.io.pending_output() >= WRITE_HIGH_WATER;
+            let has_output = self.io.pending_output() > 0;
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Event::Shutdown,
+                k = &mut kick => Event::Kicked(k.unwrap_or(Kick::Removed)),
+                r = self.io.stream.writable(), if has_output => Event::Writable(r),
+                r = self.io.stream.readable(), if !backed_up => Event::Readable(r),
+                _ = self.wake.notified(), if !backed_up => Event::Wake,
+                _ = &mut ka_timer, if self.keep_alive.is_some() => Event::KeepAliveTick,
+            };
+            match event {
+                Event::Shutdown => return DisconnectReason::ServerShutdown,
+                Event::Kicked(Kick::TakenOver { new_clean }) => {
+                    return DisconnectReason::TakenOver { new_clean }
+                }
+                Event::Kicked(Kick::Removed) => return DisconnectReason::Removed,
+                Event::Writable(Err(e)) | Event::Readable(Err(e)) => {
+                    return DisconnectReason::Io(e)
+                }
+                Event::Writable(Ok(())) => {}
+                Event::Wake => self.pending_drain = true,
+                Event::KeepAliveTick => {
+                    let ka = self.keep_alive.unwrap_or_default() * 3 / 2;
+                    let deadline = self.last_seen + ka;
+                    if Instant::now() >= deadline {
+                        return DisconnectReason::KeepAliveTimeout;
+                    }
+                    ka_timer.as_mut().reset(deadline);
+                }
+                Event::Readable(Ok(())) => {
+                    let open = match self.io.try_fill() {
+                        Ok(open) => open,
+                        Err(e) => return DisconnectReason::Io(e),
+                    };
+                    if let Err(reason) = self.process_input() {
+                        return reason;
+                    }
+                    if !open {
+                        return if self.io.has_partial_input() {
+                            DisconnectReason::Io(std::io::ErrorKind::UnexpectedEof.into())
+                        } else {
+                            DisconnectReason::PeerClosed
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles every complete packet buffered.
+    fn process_input(&mut self) -> Result<(), DisconnectReason> {
+        loop {
+            match self.io.next_buffered() {
+                Ok(Some(p)) => {
+                    self.last_seen = Instant::now();
+                    self.handle(p)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(DisconnectReason::Protocol(e)),
+            }
+        }
+    }
+
+    fn handle(&mut self, p: Packet) -> Result<(), DisconnectReason> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(id) => self.on_ack(id, Outbound::on_puback),
+            Packet::PubRec(id) => self.on_ack(id, Outbound::on_pubrec),
+            Packet::PubComp(id) => self.on_ack(id, Outbound::on_pubcomp),
+            Packet::PubRel(id) => {
+                // [MQTT-4.3.3-2] forget the id (known or not) and complete with PUBCOMP.
+                self.session.lock().inbound_qos2.remove(&id);
+                codec::encode_pubcomp(&mut self.io.wbuf, id);
+                Ok(())
+            }
+            Packet::Subscribe(s) => {
+                self.on_subscribe(s);
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                // [MQTT-3.12.4-1]
+                codec::encode_pingresp(&mut self.io.wbuf);
+                Ok(())
+            }
+            Packet::Disconnect => Err(DisconnectReason::ClientDisconnect),
+            Packet::Connect(_) => Err(DisconnectReason::Violation(
+                "[MQTT-3.1.0-2] second CONNECT",
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), DisconnectReason> {
+        // Clients may not publish into $SYS: dropped like an ACL denial (3.1.1 cannot say
+        // so), the QoS handshake still completes.
+        let denied = p.topic.as_str().starts_with("$SYS");
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        let route = |broker: &Broker, msg: Message| {
+            if denied {
+                debug!("publish to $SYS denied");
+                broker.note_denied();
+            } else {
+                broker.publish(Arc::new(msg));
+            }
+        };
+        match p.qos {
+            QoS::AtMostOnce => route(&self.ctx.broker, msg),
+            QoS::AtLeastOnce => {
+                // [MQTT-4.3.2-2] ownership passes with the PUBACK: route first.
+                route(&self.ctx.broker, msg);
+                codec::encode_puback(&mut self.io.wbuf, p.pkid);
+            }
+            QoS::ExactlyOnce => {
+                // [MQTT-4.3.3-2] method A: deliver on the first PUBLISH; a re-sent one with an
+                // id awaiting PUBREL is acknowledged again but not delivered again.
+                let first = self.session.lock().inbound_qos2.insert(p.pkid);
+                if first {
+                    route(&self.ctx.broker, msg);
+                }
+                codec::encode_pubrec(&mut self.io.wbuf, p.pkid);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(
+        &mut self,
+        pkid: u16,
+        apply: fn(&mut Outbound, u16) -> AckOutcome,
+    ) -> Result<(), DisconnectReason> {
+        let outcome = {
+            let mut st = self.session.lock();
+            if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {
+                // Taken over: the new connection owns the window now; our kick is coming.
+                return Ok(());
+            }
+            apply(&mut st.out, pkid)
+        };
+        match outcome {
+            AckOutcome::Completed => self.pending_drain = true,
+            AckOutcome::SendPubrel => codec::encode_pubrel(&mut self.io.wbuf, pkid),
+            AckOutcome::Unknown => debug!(pkid, "acknowledgement for an unknown packet id"),
+            AckOutcome::WrongAck => {
+                return Err(DisconnectReason::Violation(
+                    "[MQTT-4.3] acknowledgement does not fit the message's QoS or state",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let broker = &self.ctx.broker;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut granted = Vec::with_capacity(s.filters.len());
+        for (filter, qos) in s.filters {
+            match filter {
+                Ok(f) if broker.subscribe(&self.session, &f, qos) => {
+                    codes.push(qos as u8);
+                    granted.push((f, qos));
+                }
+                Ok(_) => codes.push(0x80),
+                Err(e) => {
+                    // [MQTT-4.7.1] an invalid filter fails alone, with return code 0x80.
+                    info!(client_id = %self.client_id, error = %e, "invalid topic filter: SUBACK 0x80");
+                    codes.push(0x80);
+                }
+            }
+        }
+        // [MQTT-3.8.4-5] one return code per filter, in order.
+        codec::encode_suback(&mut self.io.wbuf, s.pkid, &codes);
+        // [MQTT-3.3.1-6] retained messages go after the SUBACK, for every filter, every time.
+        for (f, qos) in &granted {
+            broker.send_retained(&self.session, f, *qos);
+        }
+        self.pending_drain = true;
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        for f in u.filters.into_iter().flatten() {
+            self.ctx.broker.unsubscribe(&self.session, &f);
+        }
+        // [MQTT-3.10.4-5] UNSUBACK even when nothing matched.
+        codec::encode_unsuback(&mut self.io.wbuf, u.pkid);
+    }
+
+    /// Moves what the window allows from the session queue into the write buffer. The queue
+    /// lock is held only to move entries; encoding happens outside it.
+    fn drain(&mut self) {
+        let limits = *self.ctx.broker.limits();
+        let more = {
+            let mut st = self.session.lock();
+            if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {
+                self.pending_drain = false;
+                return;
+            }
+            let mut bytes = 0;
+            while bytes < DRAIN_BYTES && self.batch.len() < DRAIN_MESSAGES {
+                let Some(o) = st.out.next(&limits) else { break };
+                bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
+                self.batch.push(o);
+            }
+            st.out.ready(&limits)
+        };
+        for o in self.batch.drain(..) {
+            let d = &o.delivery;
+            if let Err(e) = codec::encode_publish(
+                &mut self.io.wbuf,
+                d.msg.topic.as_str(),
+                &d.msg.payload,
+                d.qos,
+                d.retain,
+                false,
+                o.pkid,
+            ) {
+                // Cannot happen for messages that came in through the codec; never panic.
+                error!(client_id = %self.client_id, error = %e, "cannot encode a delivery; skipped");
+            }
+        }
+        self.pending_drain = more;
+    }
+
+    /// [MQTT-4.4.0-1] re-sends unacknowledged PUBLISHes with DUP=1 and PUBRELs, in order.
+    fn resend_inflight(&mut self) {
+        let st = self.session.lock();
+        for e in st.out.inflight() {
+            match e.state {
+                InflightState::Sent => {
+                    let d = &e.delivery;
+                    if let Err(err) = codec::encode_publish(
+                        &mut self.io.wbuf,
+                        d.msg.topic.as_str(),
+                        &d.msg.payload,
+                        d.qos,
+                        d.retain,
+                        true,
+                        e.pkid,
+                    ) {
+                        error!(client_id = %self.client_id, error = %err, "cannot re-encode an in-flight message");
+                    }
+                }
+                InflightState::Released => codec::encode_pubrel(&mut self.io.wbuf, e.pkid),
+            }
+        }
+    }
+
+    /// Ends the connection: final flush (bounded), detach, will, one log line.
+    async fn finish(mut self, reason: DisconnectReason) {
+        if matches!(
+            reason,
+            DisconnectReason::ServerShutdown | DisconnectReason::ClientDisconnect
+        ) && self.io.pending_output() > 0
+        {
+            let _ = timeout(Duration::from_millis(500), self.io.flush_all()).await;
+        }
+        self.ctx.broker.detach(&self.session, self.conn_id);
+        let publish_will = will::should_publish(&reason, self.session.clean);
+        if let Some(w) = self.will.take() {
+            if publish_will {
+                self.ctx.broker.publish(will::into_message(w));
+            }
+        }
+        let (id, peer) = (&self.client_id, self.peer);
+        match &reason {
+            DisconnectReason::Protocol(e) => {
+                warn!(client_id = %id, %peer, error = %e, "disconnected: protocol violation")
+            }
+            DisconnectReason::Violation(rule) => {
+                warn!(client_id = %id, %peer, rule, "disconnected: protocol violation")
+            }
+            DisconnectReason::Io(e) => {
+                info!(client_id = %id, %peer, error = %e, "disconnected: socket error")
+            }
+            other => info!(client_id = %id, %peer, reason = ?other, "disconnected"),
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! Test harness shared by the integration tests: the real `brokerd` binary on 127.0.0.1 port 0,
+//! rumqttc clients, and a raw-bytes client for malformed input. Every wait has a timeout.
+#![allow(dead_code)] // each test file uses a different subset of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc as tmpsc;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `brokerd` process, killed on drop.
+pub struct BrokerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl BrokerProc {
+    /// Starts brokerd with `bind = "127.0.0.1:0"` plus `extra` TOML (sections other than
+    /// `[listener]`, or a `[listener]` without `bind`), and waits for `listening on ADDR`.
+    pub fn start(extra: &str) -> BrokerProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, extra)
+    }
+
+    /// Like `start`, in a given directory (to restart on the same data directory).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> BrokerProc {
+        let config_path = dir.path().join("broker.toml");
+        let listener_extra = if extra.contains("[listener]") {
+            String::new()
+        } else {
+            "[listener]\nbind = \"127.0.0.1:0\"\n".to_owned()
+        };
+        let extra = extra.replace(
+            "[listener]\n",
+            "[listener]\nbind = \"127.0.0.1:0\"\n",
+        );
+        std::fs::write(&config_path, format!("{listener_extra}{extra}\n")).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "brokerd=debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn brokerd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the broker never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("brokerd did not print `listening on` in time; stderr:\n{log}");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"))
+            .parse()
+            .expect("address");
+        BrokerProc {
+            child,
+            addr,
+            dir,
+            config_path,
+            stderr_path,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("log never contained {needle:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (e.g. "TERM", "INT", "KILL") to the broker.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process with SIGKILL and returns its directory (to restart on the same data).
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        self.signal("KILL");
+        let _ = self.wait_exit(WAIT);
+        self.take_dir()
+    }
+
+    /// Stops with SIGTERM, asserts a clean exit, and returns the directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.signal("TERM");
+        let status = self.wait_exit(WAIT).expect("brokerd did not exit after SIGTERM");
+        assert!(status.success(), "brokerd exited with {status}; log:\n{}", self.log());
+        self.take_dir()
+    }
+
+    fn take_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        dir
+    }
+
+    /// Resident memory of the broker process in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A rumqttc client whose event loop runs in a task; incoming events arrive on `events`.
+pub struct Client {
+    pub client: AsyncClient,
+    pub events: tmpsc::UnboundedReceiver<Result<Event, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Options for a client of `broker` with id `id` (clean session, keep-alive 30 s).
+pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Connects with `opts` and waits for CONNACK; returns the client and the CONNACK.
+pub async fn connect_with(opts: MqttOptions) -> (Client, rumqttc::ConnAck) {
+    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts, 1000);
+    let (tx, mut rx) = tmpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = eventloop.poll().await;
+            let stop = ev.is_err();
+            if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
+                return;
+            }
+        }
+    });
+    let connack = tokio::time::timeout(WAIT, async {
+        loop {
+            match rx.recv().await {
+                Some(Ok(Event::Incoming(Packet::ConnAck(c)))) => return c,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connect failed: {e}"),
+                None => panic!("event loop ended before CONNACK"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    (
+        Client {
+            client,
+            events: rx,
+            task,
+        },
+        connack,
+    )
+}
+
+/// Connects a clean-session client.
+pub async fn connect(addr: SocketAddr, id: &str) -> Client {
+    connect_with(options(addr, id)).await.0
+}
+
+impl Client {
+    /// Waits for the next incoming PUBLISH.
+    pub async fn next_publish(&mut self) -> Publish {
+        self.next_publish_within(WAIT)
+            .await
+            .expect("expected a PUBLISH in time")
+    }
+
+    /// The next incoming PUBLISH within `limit`, or None.
+    pub async fn next_publish_within(&mut self, limit: Duration) -> Option<Publish> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => return Some(p),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => panic!("connection error while waiting for PUBLISH: {e}"),
+                Ok(None) => panic!("event loop ended"),
+            }
+        }
+    }
+
+    /// Waits for an incoming packet for which `pred` holds.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Packet) -> bool) -> Packet {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Ok(Event::Incoming(p))) if pred(&p) => return p,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("connection error while waiting for {what}: {e}"),
+                    None => panic!("event loop ended while waiting for {what}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        match self.wait_for("SUBACK", |p| matches!(p, Packet::SubAck(_))).await {
+            Packet::SubAck(s) => s.return_codes,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Publishes (does not wait for the acknowledgement).
+    pub async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    /// Sends DISCONNECT and waits until the event loop has sent it.
+    pub async fn disconnect(&mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(ev) = self.events.recv().await {
+                if matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// A raw TCP client for byte-level tests.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw { stream }
+    }
+
+    /// Connects and completes a CONNECT/CONNACK exchange with a clean session.
+    pub fn connected(addr: SocketAddr, client_id: &str) -> Raw {
+        let mut raw = Raw::connect(addr);
+        raw.send(&connect_packet(client_id, true, 60));
+        assert_eq!(raw.read_packet().expect("CONNACK"), vec![0x20, 0x02, 0x00, 0x00]);
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        // The broker may already have closed; a write error here is not the test's subject.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads one whole packet (fixed header included); None on EOF or error.
+    pub fn read_packet(&mut self) -> Option<Vec<u8>> {
+        let mut first = [0u8; 1];
+        self.stream.read_exact(&mut first).ok()?;
+        let mut packet = vec![first[0]];
+        let mut len: usize = 0;
+        let mut shift = 0;
+        loop {
+            let mut b = [0u8; 1];
+            self.stream.read_exact(&mut b).ok()?;
+            packet.push(b[0]);
+            len |= usize::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        let start = packet.len();
+        packet.resize(start + len, 0);
+        self.stream.read_exact(&mut packet[start..]).ok()?;
+        Some(packet)
+    }
+
+    /// Asserts the broker closes the connection (EOF or reset) without sending anything more.
+    pub fn expect_closed(&mut self) {
+        let mut buf = [0u8; 64];
+        match self.stream.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(n) => panic!("expected close, got {n} bytes: {:02x?}", &buf[..n]),
+            Err(e) => panic!("expected close, got error {e} (timeout means the broker kept the connection)"),
+        }
+    }
+}
+
+/// Encodes a remaining length.
+pub fn remaining_length(mut len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            return out;
+        }
+    }
+}
+
+/// A packet from its first byte and body.
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    p.extend(remaining_length(body.len()));
+    p.extend_from_slice(body);
+    p
+}
+
+/// A length-prefixed string/binary field.
+pub fn field(s: &[u8]) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s);
+    v
+}
+
+/// A 3.1.1 CONNECT with no will and no credentials.
+pub fn connect_packet(client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> {
+    let mut body = field(b"MQTT");
+    body.push(4);
+    body.push(if clean { 0x02 } else { 0x00 });
+    body.extend(keep_alive.to_be_bytes());
+    body.extend(field(client_id.as_bytes()));
+    packet(0x10, &body)
+}
+
+/// A PUBLISH from the client.
+pub fn publish_packet(topic: &str, qos: u8, retain: bool, dup: bool, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    let first = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
+    let mut body = field(topic.as_bytes());
+    if qos > 0 {
+        body.extend(pkid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(first, &body)
+}
+
+/// A SUBSCRIBE with (filter, options byte) pairs.
+pub fn subscribe_packet(pkid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    for (f, q) in filters {
+        body.extend(field(f.as_bytes()));
+        body.push(*q);
+    }
+    packet(0x82, &body)
+}
+
+/// Parses a PUBLISH the broker sent: (dup, qos, retain, topic, pkid, payload).
+pub fn parse_publish(p: &[u8]) -> (bool, u8, bool, String, u16, Vec<u8>) {
+    assert_eq!(p[0] >> 4, 3, "not a PUBLISH: {p:02x?}");
+    let (dup, qos, retain) = (p[0] & 0x08 != 0, (p[0] >> 1) & 3, p[0] & 1 != 0);
+    let mut i = 1;
+    while p[i] & 0x80 != 0 {
+        i += 1;
+    }
+    i += 1;
+    let tlen = usize::from(u16::from_be_bytes([p[i], p[i + 1]]));
+    let topic = String::from_utf8(p[i + 2..i + 2 + tlen].to_vec()).expect("utf8 topic");
+    i += 2 + tlen;
+    let pkid = if qos > 0 {
+        let id = u16::from_be_bytes([p[i], p[i + 1]]);
+        i += 2;
+        id
+    } else {
+        0
+    };
+    (dup, qos, retain, topic, pkid, p[i..].to_vec())
+}
+
+/// Polls `cond` until it holds or `WAIT` passes.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
