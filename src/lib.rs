@@ -36,6 +36,7 @@ mod error;
 mod message;
 mod protocol;
 mod server;
+mod store;
 mod session;
 mod topic;
 
@@ -59,8 +60,10 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Auth(#[from] session::AuthError),
+    #[error("{0}")]
+    Auth(String),
+    #[error("persistence: {0}")]
+    Store(String),
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
@@ -72,8 +75,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    let auth = session::Auth::load(&config.auth)?;
-    let broker = broker::Broker::new(&config);
+    let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
+    let (store, snapshot) = if config.persistence.enabled {
+        store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
+    } else {
+        (store::Store::disabled(), store::Snapshot::default())
+    };
+    let broker = broker::Broker::new(&config, store.clone());
+    broker.restore(snapshot);
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -125,6 +135,8 @@ pub async fn run(
             "connections still closing after listener.shutdown_grace_ms; exiting anyway"
         );
     }
+    // The writer thread flushes what is pending; join it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     info!(sessions = broker.session_count(), "stopped");
     Ok(())
 }

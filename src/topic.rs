@@ -128,6 +128,11 @@ impl TopicFilter {
         self.0.split('/')
     }
 
+    /// The shared string, for cheap clones.
+    pub(crate) fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+
     /// Whether the first level is a wildcard (such filters never match `$` topics).
     pub(crate) fn starts_with_wildcard(&self) -> bool {
         self.0.starts_with('+') || self.0.starts_with('#')

@@ -19,9 +19,10 @@ use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::message::{min_qos, QoS, SharedMessage};
-use crate::topic::{ClientId, TopicFilter};
-use queue::{Delivery, QueueLimits};
+use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
+use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
+use crate::topic::{ClientId, TopicFilter, TopicName};
+use queue::{Delivery, InflightState, QueueLimits};
 use registry::{ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
 use trie::SubscriptionTrie;
@@ -70,6 +71,8 @@ struct Inner {
     next_conn_id: AtomicU64,
     start: Instant,
     stats: Stats,
+    /// Durable state; a no-op handle when persistence is off.
+    store: Store,
 }
 
 thread_local! {
@@ -78,7 +81,7 @@ thread_local! {
 }
 
 impl Broker {
-    pub(crate) fn new(config: &Config) -> Broker {
+    pub(crate) fn new(config: &Config, store: Store) -> Broker {
         Broker {
             inner: Arc::new(Inner {
                 limits: QueueLimits {
@@ -93,6 +96,7 @@ impl Broker {
                 next_conn_id: AtomicU64::new(1),
                 start: Instant::now(),
                 stats: Stats::default(),
+                store,
             }),
         }
     }
@@ -103,6 +107,15 @@ impl Broker {
 
     pub(crate) fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Whether `session`'s state goes to disk.
+    fn persisted(&self, session: &Session) -> bool {
+        !session.clean && self.inner.store.enabled()
     }
 
     /// Attaches a new connection to the session of `client_id`, creating, resuming or replacing
@@ -131,7 +144,12 @@ impl Broker {
                     st.discarded = true;
                     discarded_subs.extend(st.subscriptions.drain().map(|(f, _)| f));
                     drop(st);
-                    let fresh = Arc::new(Session::new(client_id.clone(), clean));
+                    if self.persisted(&old) {
+                        self.inner.store.submit(Op::SessionDel {
+                            client: client_id.clone(),
+                        });
+                    }
+                    let fresh = self.new_session(client_id, clean);
                     fresh.lock().conn = Some(slot);
                     e.insert(fresh.clone());
                     (fresh, false)
@@ -143,7 +161,7 @@ impl Broker {
                 }
             }
             Entry::Vacant(e) => {
-                let fresh = Arc::new(Session::new(client_id.clone(), clean));
+                let fresh = self.new_session(client_id, clean);
                 fresh.lock().conn = Some(slot);
                 e.insert(fresh.clone());
                 (fresh, false)
@@ -159,6 +177,16 @@ impl Broker {
             kick: kick_rx,
             wake,
         }
+    }
+
+    fn new_session(&self, client_id: &ClientId, clean: bool) -> Arc<Session> {
+        let s = Arc::new(Session::new(client_id.clone(), clean));
+        if self.persisted(&s) {
+            self.inner.store.submit(Op::SessionPut {
+                client: client_id.clone(),
+            });
+        }
+        s
     }
 
     /// Detaches connection `conn_id` from its session when the connection ends. A clean session
@@ -200,6 +228,13 @@ impl Broker {
         self.inner
             .subs
             .subscribe(filter, &session.client_id, session.clone(), qos);
+        if self.persisted(session) {
+            self.inner.store.submit(Op::SubPut {
+                client: session.client_id.clone(),
+                filter: filter.as_arc().clone(),
+                qos: qos as u8,
+            });
+        }
         true
     }
 
@@ -208,6 +243,12 @@ impl Broker {
         let mut st = session.lock();
         if st.subscriptions.remove(filter).is_some() {
             self.inner.subs.unsubscribe(filter, &session.client_id);
+            if self.persisted(session) {
+                self.inner.store.submit(Op::SubDel {
+                    client: session.client_id.clone(),
+                    filter: filter.as_arc().clone(),
+                });
+            }
         }
     }
 
@@ -223,8 +264,9 @@ impl Broker {
                 msg,
                 qos,
                 retain: true,
+                seq: 0,
             };
-            session.offer(d, &self.inner.limits, true, true);
+            session.offer(d, &self.inner.limits, true, true, &self.inner.store);
         }
     }
 
@@ -237,10 +279,22 @@ impl Broker {
         if msg.retain {
             if msg.payload.is_empty() {
                 // [MQTT-3.3.1-10] a zero-length retained message clears the topic...
-                inner.retained.remove(&msg.topic);
+                if inner.retained.remove(&msg.topic) {
+                    inner.store.submit(Op::RetainDel {
+                        topic: msg.topic.as_arc().clone(),
+                    });
+                }
             } else {
                 // [MQTT-3.3.1-5] ...any other replaces it.
                 inner.retained.set(&msg.topic, msg.clone());
+                inner.store.submit(Op::RetainPut {
+                    msg: StoredMessage {
+                        topic: msg.topic.as_arc().clone(),
+                        payload: msg.payload.clone(),
+                        qos: msg.qos as u8,
+                        retain: true,
+                    },
+                });
             }
         }
         MATCHES.with(|cell| {
@@ -265,8 +319,10 @@ impl Broker {
                 msg: msg.clone(),
                 qos: min_qos(msg.qos, granted),
                 retain: false,
+                seq: 0,
             };
-            if session.offer(d, &inner.limits, inner.queue_qos0_offline, false) == Offer::Full {
+            let offer = session.offer(d, &inner.limits, inner.queue_qos0_offline, false, &inner.store);
+            if offer == Offer::Full {
                 self.note_drop(&session);
             }
         }
@@ -310,6 +366,11 @@ impl Broker {
             if old {
                 st.discarded = true;
                 expired.push((s.client_id.clone(), std::mem::take(&mut st.subscriptions)));
+                if !s.clean {
+                    self.inner.store.submit(Op::SessionDel {
+                        client: s.client_id.clone(),
+                    });
+                }
             }
             !old
         });
@@ -320,6 +381,76 @@ impl Broker {
             info!(client_id = %id, "persistent session expired");
         }
         expired.len()
+    }
+
+    /// Rebuilds persistent sessions and retained messages loaded from disk (before the
+    /// listener accepts). Records that no longer validate are logged and skipped.
+    pub(crate) fn restore(&self, snapshot: Snapshot) {
+        let now = Instant::now();
+        let mut skipped = 0usize;
+        for r in snapshot.retained {
+            match TopicName::parse(&r.topic) {
+                Ok(topic) => {
+                    let msg = Arc::new(Message {
+                        topic: topic.clone(),
+                        payload: r.payload,
+                        qos: qos_from_u8(r.qos).unwrap_or(QoS::AtMostOnce),
+                        retain: true,
+                    });
+                    self.inner.retained.set(&topic, msg);
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        for (id, stored) in snapshot.sessions {
+            let client_id: ClientId = id.into();
+            let session = Arc::new(Session::new(client_id.clone(), false));
+            {
+                let mut st = session.lock();
+                st.disconnected_at = Some(now);
+                for (f, q) in stored.subscriptions {
+                    match (TopicFilter::parse(&f), qos_from_u8(q)) {
+                        (Ok(f), Some(q)) => {
+                            self.inner.subs.subscribe(&f, &client_id, session.clone(), q);
+                            st.subscriptions.insert(f, q);
+                        }
+                        _ => skipped += 1,
+                    }
+                }
+                for e in stored.messages {
+                    st.last_seq = st.last_seq.max(e.seq);
+                    let (Ok(topic), Some(qos)) = (TopicName::parse(&e.msg.topic), qos_from_u8(e.msg.qos)) else {
+                        skipped += 1;
+                        continue;
+                    };
+                    let d = Delivery {
+                        msg: Arc::new(Message {
+                            topic,
+                            payload: e.msg.payload,
+                            qos,
+                            retain: e.msg.retain,
+                        }),
+                        qos,
+                        retain: e.msg.retain,
+                        seq: e.seq,
+                    };
+                    match e.state {
+                        StoredState::Queued => {
+                            let _ = st.out.push(d, &self.inner.limits, true);
+                        }
+                        StoredState::Sent(p) => st.out.restore_inflight(p, d, InflightState::Sent),
+                        StoredState::Released(p) => {
+                            st.out.restore_inflight(p, d, InflightState::Released)
+                        }
+                    }
+                }
+                st.inbound_qos2.extend(stored.inbound_qos2);
+            }
+            self.inner.sessions.insert(client_id, session);
+        }
+        if skipped > 0 {
+            warn!(records = skipped, "skipped stored records that no longer validate");
+        }
     }
 
     /// Number of sessions (connected or persistent) known to the broker.

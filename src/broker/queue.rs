@@ -16,6 +16,8 @@ pub(crate) struct Delivery {
     pub(crate) qos: QoS,
     /// RETAIN flag on the wire: 1 only when sent because of a new subscription ([MQTT-3.3.1-8,-9]).
     pub(crate) retain: bool,
+    /// The per-session sequence number under which it is persisted; 0 = not persisted.
+    pub(crate) seq: u64,
 }
 
 /// Where an outgoing QoS>0 message is in its handshake.
@@ -47,10 +49,10 @@ pub(crate) struct QueueLimits {
 /// What a client's acknowledgement means for the window.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum AckOutcome {
-    /// The message is done; credit was freed.
-    Completed,
-    /// Send PUBREL for this id (PUBREC received, or PUBREC for an unknown id).
-    SendPubrel,
+    /// The message (persisted under `seq`, 0 if not) is done; credit was freed.
+    Completed { seq: u64 },
+    /// Send PUBREL for this id (PUBREC received, or PUBREC for an unknown id, then `seq` = 0).
+    SendPubrel { seq: u64 },
     /// An acknowledgement for an id we do not know: ignored, as the checklist chooses.
     Unknown,
     /// The wrong acknowledgement for the message's QoS or state: close the connection.
@@ -150,8 +152,9 @@ impl Outbound {
         match self.position(pkid) {
             None => AckOutcome::Unknown,
             Some(i) if self.inflight[i].delivery.qos == QoS::AtLeastOnce => {
+                let seq = self.inflight[i].delivery.seq;
                 self.inflight.remove(i);
-                AckOutcome::Completed
+                AckOutcome::Completed { seq }
             }
             Some(_) => AckOutcome::WrongAck,
         }
@@ -161,10 +164,12 @@ impl Outbound {
     /// the PUBREC is repeated). An unknown id still gets PUBREL.
     pub(crate) fn on_pubrec(&mut self, pkid: u16) -> AckOutcome {
         match self.position(pkid) {
-            None => AckOutcome::SendPubrel,
+            None => AckOutcome::SendPubrel { seq: 0 },
             Some(i) if self.inflight[i].delivery.qos == QoS::ExactlyOnce => {
                 self.inflight[i].state = InflightState::Released;
-                AckOutcome::SendPubrel
+                AckOutcome::SendPubrel {
+                    seq: self.inflight[i].delivery.seq,
+                }
             }
             Some(_) => AckOutcome::WrongAck,
         }
@@ -175,11 +180,21 @@ impl Outbound {
         match self.position(pkid) {
             None => AckOutcome::Unknown,
             Some(i) if self.inflight[i].state == InflightState::Released => {
+                let seq = self.inflight[i].delivery.seq;
                 self.inflight.remove(i);
-                AckOutcome::Completed
+                AckOutcome::Completed { seq }
             }
             Some(_) => AckOutcome::WrongAck,
         }
+    }
+
+    /// Puts back an in-flight message loaded from disk (in sequence order, before any queued).
+    pub(crate) fn restore_inflight(&mut self, pkid: u16, delivery: Delivery, state: InflightState) {
+        self.inflight.push_back(InflightEntry {
+            pkid,
+            delivery,
+            state,
+        });
     }
 
     /// The unacknowledged messages in send order, for the re-send on session resume.
@@ -244,6 +259,7 @@ mod tests {
             }),
             qos,
             retain: false,
+            seq: 0,
         }
     }
 
@@ -283,7 +299,7 @@ mod tests {
         assert_eq!(o.next(&LIMITS).unwrap().pkid, 2);
         assert!(o.next(&LIMITS).is_none(), "window of 2 is full");
         assert!(!o.ready(&LIMITS));
-        assert_eq!(o.on_puback(1), AckOutcome::Completed);
+        assert_eq!(o.on_puback(1), AckOutcome::Completed { seq: 0 });
         let third = o.next(&LIMITS).unwrap();
         assert_eq!((third.pkid, third.delivery.msg.payload[0]), (3, 2));
     }
@@ -319,13 +335,13 @@ mod tests {
         assert_eq!(o.on_puback(q2), AckOutcome::WrongAck);
         assert_eq!(o.on_pubcomp(q2), AckOutcome::WrongAck, "PUBCOMP before PUBREC");
         assert_eq!(o.on_pubrec(q1), AckOutcome::WrongAck);
-        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel);
-        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel, "repeated PUBREC");
-        assert_eq!(o.on_pubcomp(q2), AckOutcome::Completed);
+        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel { seq: 0 });
+        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel { seq: 0 }, "repeated PUBREC");
+        assert_eq!(o.on_pubcomp(q2), AckOutcome::Completed { seq: 0 });
         assert_eq!(o.on_pubcomp(q2), AckOutcome::Unknown);
-        assert_eq!(o.on_pubrec(999), AckOutcome::SendPubrel);
+        assert_eq!(o.on_pubrec(999), AckOutcome::SendPubrel { seq: 0 });
         assert_eq!(o.on_puback(999), AckOutcome::Unknown);
-        assert_eq!(o.on_puback(q1), AckOutcome::Completed);
+        assert_eq!(o.on_puback(q1), AckOutcome::Completed { seq: 0 });
         assert_eq!(o.inflight_len(), 0);
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::queue::{Delivery, Outbound, QueueLimits};
 use crate::message::QoS;
+use crate::store::{Op, Store, StoredMessage};
 use crate::topic::{ClientId, TopicFilter};
 
 /// Why a connection is told to close by the broker rather than by its client.
@@ -46,6 +47,8 @@ pub(crate) struct SessionState {
     pub(crate) discarded: bool,
     /// When the last connection left (persistent sessions), for `session.expiry_s`.
     pub(crate) disconnected_at: Option<Instant>,
+    /// The last sequence number given to a persisted delivery.
+    pub(crate) last_seq: u64,
 }
 
 /// One MQTT session. Clean sessions live as long as their connection; persistent ones
@@ -86,13 +89,17 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a delivery for this session (the publish path; never blocks on the network).
+    /// Queues a delivery for this session (the publish path; never blocks on the network or
+    /// the disk). A persistent session's QoS 1/2 deliveries, and QoS 0 ones queued while it is
+    /// offline, are submitted to the store under the session lock, so the store sees one
+    /// session's operations in queue order.
     pub(crate) fn offer(
         &self,
-        d: Delivery,
+        mut d: Delivery,
         limits: &QueueLimits,
         queue_qos0_offline: bool,
         force: bool,
+        store: &Store,
     ) -> Offer {
         let mut st = self.lock();
         if st.discarded {
@@ -102,8 +109,28 @@ impl Session {
         if !online && d.qos == QoS::AtMostOnce && !queue_qos0_offline {
             return Offer::Skipped;
         }
+        let persist = !self.clean && store.enabled() && (d.qos != QoS::AtMostOnce || !online);
+        let op = if persist {
+            st.last_seq += 1;
+            d.seq = st.last_seq;
+            Some(Op::MsgPut {
+                client: self.client_id.clone(),
+                seq: d.seq,
+                msg: StoredMessage {
+                    topic: d.msg.topic.as_arc().clone(),
+                    payload: d.msg.payload.clone(),
+                    qos: d.qos as u8,
+                    retain: d.retain,
+                },
+            })
+        } else {
+            None
+        };
         match st.out.push(d, limits, force) {
             Ok(was_empty) => {
+                if let Some(op) = op {
+                    store.submit(op);
+                }
                 if was_empty {
                     if let Some(c) = &st.conn {
                         c.wake.notify_one();

@@ -7,7 +7,7 @@ mod auth;
 mod io;
 mod will;
 
-pub(crate) use auth::{Auth, AuthError};
+pub(crate) use auth::Auth;
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use std::collections::VecDeque;
+
+use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Span};
@@ -27,6 +29,7 @@ use crate::broker::Broker;
 use crate::error::ProtocolError;
 use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Connect, Packet, Publish, Subscribe, Unsubscribe};
+use crate::store::{Op, StoredState};
 use crate::topic::{has_forbidden_char, ClientId};
 use io::{Io, ReadError, WRITE_HIGH_WATER};
 
@@ -176,6 +179,14 @@ async fn accept_connect(
         pending_drain: true,
         batch: Vec::new(),
         wake: attached.wake,
+        flushed: if ctx.broker.store().acks_wait() {
+            ctx.broker.store().flushed()
+        } else {
+            None
+        },
+        pending_acks: VecDeque::new(),
+        pending_subacks: 0,
+        persisted: !c.clean_session && ctx.broker.store().enabled(),
     };
     // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();
@@ -191,6 +202,17 @@ fn effective_keep_alive(requested: u16, max: u16) -> Option<Duration> {
         s => s.min(max),
     };
     Some(Duration::from_secs(u64::from(secs)))
+}
+
+/// Resolves when the durable ticket changes; never, without a store or once it is closed.
+async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+
 }
 
 /// A unique id for a client that sent none ([MQTT-3.1.3-6]).
@@ -219,7 +241,25 @@ struct Connection {
     /// Reused between drains so moving messages out of the queue does not allocate.
     batch: Vec<Outgoing>,
     wake: Arc<tokio::sync::Notify>,
+    /// The store's durable ticket, when acknowledgements wait for the disk (sync = "always").
+    flushed: Option<watch::Receiver<u64>>,
+    /// Acknowledgements waiting for their ticket to be durable, in packet order ([MQTT-4.6.0-2]).
+    pending_acks: VecDeque<(u64, Ack)>,
+    /// SUBACKs among `pending_acks`: retained messages must not overtake their SUBACK.
+    pending_subacks: usize,
+    /// Whether this session's state goes to the store.
+    persisted: bool,
 }
+
+/// An acknowledgement that may have to wait for the disk.
+enum Ack {
+    PubAck(u16),
+    PubRec(u16),
+    SubAck(u16, Vec<u8>),
+}
+
+/// Above this many acknowledgements waiting for the disk, stop reading the client's input.
+const MAX_PENDING_ACKS: usize = 4096;
 
 /// What woke the session loop.
 enum Event {
@@ -229,6 +269,7 @@ enum Event {
     Writable(std::io::Result<()>),
     Wake,
     KeepAliveTick,
+    Flushed,
 }
 
 /// Outgoing payload bytes moved from the queue per drain, so one drain stays bounded.
@@ -247,7 +288,10 @@ impl Connection {
             self.keep_alive.map_or(far, |ka| self.last_seen + ka * 3 / 2)
         ));
         loop {
-            if self.pending_drain && self.io.pending_output() < WRITE_HIGH_WATER {
+            if self.pending_drain
+                && self.pending_subacks == 0
+                && self.io.pending_output() < WRITE_HIGH_WATER
+            {
                 self.drain();
             }
             if let Err(e) = self.io.try_flush() {
@@ -255,7 +299,9 @@ impl Connection {
             }
             // Backpressure: while our output to this client is backed up, stop reading its
             // input (TCP then slows a fast publisher) and stop taking from its queue.
-            let backed_up = self.io.pending_output() >= WRITE_HIGH_WATER;
+            let backed_up = self.io.pending_output() >= WRITE_HIGH_WATER
+                || self.pending_acks.len() >= MAX_PENDING_ACKS;
+            let waiting_acks = !self.pending_acks.is_empty();
             let has_output = self.io.pending_output() > 0;
             let event = tokio::select! {
                 biased;
@@ -265,6 +311,7 @@ impl Connection {
                 r = self.io.stream.readable(), if !backed_up => Event::Readable(r),
                 _ = self.wake.notified(), if !backed_up => Event::Wake,
                 _ = &mut ka_timer, if self.keep_alive.is_some() => Event::KeepAliveTick,
+                _ = flushed_changed(&mut self.flushed), if waiting_acks => Event::Flushed,
             };
             match event {
                 Event::Shutdown => return DisconnectReason::ServerShutdown,
@@ -277,6 +324,7 @@ impl Connection {
                 }
                 Event::Writable(Ok(())) => {}
                 Event::Wake => self.pending_drain = true,
+                Event::Flushed => self.release_acks(),
                 Event::KeepAliveTick => {
                     let ka = self.keep_alive.unwrap_or_default() * 3 / 2;
                     let deadline = self.last_seen + ka;
@@ -327,7 +375,14 @@ impl Connection {
             Packet::PubComp(id) => self.on_ack(id, Outbound::on_pubcomp),
             Packet::PubRel(id) => {
                 // [MQTT-4.3.3-2] forget the id (known or not) and complete with PUBCOMP.
-                self.session.lock().inbound_qos2.remove(&id);
+                let mut st = self.session.lock();
+                if st.inbound_qos2.remove(&id) && self.persisted {
+                    self.ctx.broker.store().submit(Op::Qos2Del {
+                        client: self.client_id.clone(),
+                        pkid: id,
+                    });
+                }
+                drop(st);
                 codec::encode_pubcomp(&mut self.io.wbuf, id);
                 Ok(())
             }
@@ -369,24 +424,95 @@ impl Connection {
                 broker.publish(Arc::new(msg));
             }
         };
+        let before = self.ticket();
         match p.qos {
             QoS::AtMostOnce => route(&self.ctx.broker, msg),
             QoS::AtLeastOnce => {
-                // [MQTT-4.3.2-2] ownership passes with the PUBACK: route first.
+                // [MQTT-4.3.2-2] ownership passes with the PUBACK: route first (and with
+                // sync = "always", the PUBACK waits until what routing stored is flushed).
                 route(&self.ctx.broker, msg);
-                codec::encode_puback(&mut self.io.wbuf, p.pkid);
+                let ticket = self.ticket_since(before);
+                self.send_ack(Ack::PubAck(p.pkid), ticket);
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] method A: deliver on the first PUBLISH; a re-sent one with an
                 // id awaiting PUBREL is acknowledged again but not delivered again.
-                let first = self.session.lock().inbound_qos2.insert(p.pkid);
+                let mut st = self.session.lock();
+                let first = st.inbound_qos2.insert(p.pkid);
+                if first && self.persisted {
+                    self.ctx.broker.store().submit(Op::Qos2Put {
+                        client: self.client_id.clone(),
+                        pkid: p.pkid,
+                    });
+                }
+                drop(st);
                 if first {
                     route(&self.ctx.broker, msg);
                 }
-                codec::encode_pubrec(&mut self.io.wbuf, p.pkid);
+                let ticket = self.ticket_since(before);
+                self.send_ack(Ack::PubRec(p.pkid), ticket);
             }
         }
         Ok(())
+    }
+
+    /// The store's last ticket, when acknowledgements wait for the disk.
+    fn ticket(&self) -> u64 {
+        if self.flushed.is_some() {
+            self.ctx.broker.store().last_ticket()
+        } else {
+            0
+        }
+    }
+
+    /// The ticket an acknowledgement must wait for: 0 if nothing was stored since `before`.
+    fn ticket_since(&self, before: u64) -> u64 {
+        let now = self.ticket();
+        if now > before {
+            now
+        } else {
+            0
+        }
+    }
+
+    /// Sends an acknowledgement now, or queues it until its ticket is durable. Once one waits,
+    /// the ones after it wait too, so acknowledgements keep the order of their packets.
+    fn send_ack(&mut self, ack: Ack, ticket: u64) {
+        let durable = self.flushed.as_ref().map_or(u64::MAX, |rx| *rx.borrow());
+        if self.pending_acks.is_empty() && ticket <= durable {
+            self.write_ack(ack);
+            return;
+        }
+        let ticket = ticket.max(self.pending_acks.back().map_or(0, |(t, _)| *t));
+        if matches!(ack, Ack::SubAck(..)) {
+            self.pending_subacks += 1;
+        }
+        self.pending_acks.push_back((ticket, ack));
+    }
+
+    /// Writes the acknowledgements whose tickets are now durable.
+    fn release_acks(&mut self) {
+        let durable = self
+            .flushed
+            .as_mut()
+            .map_or(u64::MAX, |rx| *rx.borrow_and_update());
+        while self.pending_acks.front().is_some_and(|(t, _)| *t <= durable) {
+            if let Some((_, ack)) = self.pending_acks.pop_front() {
+                if matches!(ack, Ack::SubAck(..)) {
+                    self.pending_subacks -= 1;
+                    self.pending_drain = true;
+                }
+                self.write_ack(ack);
+            }
+        }
+    }
+
+    fn write_ack(&mut self, ack: Ack) {
+        match ack {
+            Ack::PubAck(id) => codec::encode_puback(&mut self.io.wbuf, id),
+            Ack::PubRec(id) => codec::encode_pubrec(&mut self.io.wbuf, id),
+            Ack::SubAck(id, codes) => codec::encode_suback(&mut self.io.wbuf, id, &codes),
+        }
     }
 
     fn on_ack(
@@ -400,11 +526,28 @@ impl Connection {
                 // Taken over: the new connection owns the window now; our kick is coming.
                 return Ok(());
             }
-            apply(&mut st.out, pkid)
+            let outcome = apply(&mut st.out, pkid);
+            let client = || self.client_id.clone();
+            let op = match outcome {
+                AckOutcome::Completed { seq } if seq != 0 => Some(Op::MsgDel {
+                    client: client(),
+                    seq,
+                }),
+                AckOutcome::SendPubrel { seq } if seq != 0 => Some(Op::MsgState {
+                    client: client(),
+                    seq,
+                    state: StoredState::Released(pkid),
+                }),
+                _ => None,
+            };
+            if let Some(op) = op {
+                self.ctx.broker.store().submit(op);
+            }
+            outcome
         };
         match outcome {
-            AckOutcome::Completed => self.pending_drain = true,
-            AckOutcome::SendPubrel => codec::encode_pubrel(&mut self.io.wbuf, pkid),
+            AckOutcome::Completed { .. } => self.pending_drain = true,
+            AckOutcome::SendPubrel { .. } => codec::encode_pubrel(&mut self.io.wbuf, pkid),
             AckOutcome::Unknown => debug!(pkid, "acknowledgement for an unknown packet id"),
             AckOutcome::WrongAck => {
                 return Err(DisconnectReason::Violation(
@@ -416,6 +559,7 @@ impl Connection {
     }
 
     fn on_subscribe(&mut self, s: Subscribe) {
+        let before = self.ticket();
         let broker = &self.ctx.broker;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut granted = Vec::with_capacity(s.filters.len());
@@ -433,12 +577,14 @@ impl Connection {
                 }
             }
         }
-        // [MQTT-3.8.4-5] one return code per filter, in order.
-        codec::encode_suback(&mut self.io.wbuf, s.pkid, &codes);
-        // [MQTT-3.3.1-6] retained messages go after the SUBACK, for every filter, every time.
+        // [MQTT-3.3.1-6] retained messages go after the SUBACK, for every filter, every time
+        // (queued now; the drain waits while a SUBACK waits for the disk).
         for (f, qos) in &granted {
             broker.send_retained(&self.session, f, *qos);
         }
+        // [MQTT-3.8.4-5] one return code per filter, in order.
+        let ticket = self.ticket_since(before);
+        self.send_ack(Ack::SubAck(s.pkid, codes), ticket);
         self.pending_drain = true;
     }
 
@@ -464,6 +610,20 @@ impl Connection {
             while bytes < DRAIN_BYTES && self.batch.len() < DRAIN_MESSAGES {
                 let Some(o) = st.out.next(&limits) else { break };
                 bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
+                if o.delivery.seq != 0 {
+                    // Under the session lock: the store sees this after the MsgPut.
+                    let client = self.client_id.clone();
+                    let seq = o.delivery.seq;
+                    self.ctx.broker.store().submit(if o.pkid == 0 {
+                        Op::MsgDel { client, seq }
+                    } else {
+                        Op::MsgState {
+                            client,
+                            seq,
+                            state: StoredState::Sent(o.pkid),
+                        }
+                    });
+                }
                 self.batch.push(o);
             }
             st.out.ready(&limits)

@@ -1,0 +1,367 @@
+//! Durable state: the operations the broker persists and the writer thread that commits them.
+//! L1: depends on L0 and sled (through `Backend`); never called with a session or trie lock
+//! held across I/O. Invariants: operations are applied in submission order; a ticket is
+//! reported flushed only after every operation up to it is on disk (group commit: one flush
+//! covers everything pending at that moment); with persistence off nothing here runs.
+
+mod sled_backend;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{OnCorrupt, PersistenceConfig, SyncMode};
+
+pub(crate) use sled_backend::SledBackend;
+
+/// A failure of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("corrupt record in {tree}: {why}")]
+    Corrupt { tree: &'static str, why: &'static str },
+    #[error("data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A message as stored: enough to re-send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredMessage {
+    pub(crate) topic: Arc<str>,
+    pub(crate) payload: Bytes,
+    /// Delivery QoS (for queued messages) or published QoS (retained).
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+}
+
+/// Where a stored outgoing message is: queued, or in flight with its packet id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoredState {
+    Queued,
+    Sent(u16),
+    Released(u16),
+}
+
+/// One change to durable state.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// A persistent session exists.
+    SessionPut { client: Arc<str> },
+    /// Remove the session and everything stored for it.
+    SessionDel { client: Arc<str> },
+    SubPut { client: Arc<str>, filter: Arc<str>, qos: u8 },
+    SubDel { client: Arc<str>, filter: Arc<str> },
+    /// A message queued for a persistent session, keyed by its per-session sequence number.
+    MsgPut {
+        client: Arc<str>,
+        seq: u64,
+        msg: StoredMessage,
+    },
+    MsgState {
+        client: Arc<str>,
+        seq: u64,
+        state: StoredState,
+    },
+    MsgDel { client: Arc<str>, seq: u64 },
+    /// An inbound QoS 2 packet id awaiting PUBREL.
+    Qos2Put { client: Arc<str>, pkid: u16 },
+    Qos2Del { client: Arc<str>, pkid: u16 },
+    RetainPut { msg: StoredMessage },
+    RetainDel { topic: Arc<str> },
+}
+
+/// One stored message of a session, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredEntry {
+    pub(crate) seq: u64,
+    pub(crate) msg: StoredMessage,
+    pub(crate) state: StoredState,
+}
+
+/// A persistent session as loaded at startup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct StoredSession {
+    pub(crate) subscriptions: Vec<(String, u8)>,
+    pub(crate) messages: Vec<StoredEntry>,
+    pub(crate) inbound_qos2: Vec<u16>,
+}
+
+/// Everything loaded at startup.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) sessions: BTreeMap<String, StoredSession>,
+    pub(crate) retained: Vec<StoredMessage>,
+    /// Records that could not be decoded (logged, skipped).
+    pub(crate) corrupt_records: usize,
+}
+
+/// A storage engine. Swappable: the broker only sees `Store`.
+pub(crate) trait Backend: Send + 'static {
+    /// Applies a batch of operations in order (not yet necessarily durable).
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable (fsync).
+    fn flush(&mut self) -> Result<(), StoreError>;
+    /// Reads everything back.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+/// Operations waiting for the writer, with the ticket of the last one.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Op>,
+    last_ticket: u64,
+    stopping: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// The highest ticket known to be durable (per the sync mode).
+    flushed: watch::Sender<u64>,
+    sync: SyncMode,
+}
+
+/// Handle to the store; cheap to clone. `Store::disabled()` makes every call a no-op.
+#[derive(Clone, Default)]
+pub(crate) struct Store {
+    shared: Option<Arc<Shared>>,
+    writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
+}
+
+impl Store {
+    /// Persistence off: nothing is written, nothing is waited for.
+    pub(crate) fn disabled() -> Store {
+        Store::default()
+    }
+
+    /// Opens the data directory per `config` (moving a corrupt one aside or refusing), loads
+    /// it, and starts the writer thread.
+    pub(crate) fn open(config: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
+        let started = Instant::now();
+        let mut backend = match SledBackend::open(&config.path, config.sync) {
+            Ok(b) => b,
+            Err(e) => recover(config, e)?,
+        };
+        let snapshot = match backend.load() {
+            Ok(s) => s,
+            Err(e) => {
+                drop(backend);
+                backend = recover(config, e)?;
+                backend.load()?
+            }
+        };
+        let messages: usize = snapshot.sessions.values().map(|s| s.messages.len()).sum();
+        info!(
+            path = %config.path.display(),
+            sessions = snapshot.sessions.len(),
+            messages,
+            retained = snapshot.retained.len(),
+            corrupt_records = snapshot.corrupt_records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "persistent state loaded"
+        );
+        let (flushed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            flushed,
+            sync: config.sync,
+        });
+        let interval = Duration::from_millis(config.flush_interval_ms);
+        let writer_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("brokerd-store".into())
+            .spawn(move || writer_loop(backend, &writer_shared, interval))
+            .map_err(|source| StoreError::Dir {
+                path: config.path.clone(),
+                source,
+            })?;
+        Ok((
+            Store {
+                shared: Some(shared),
+                writer: Some(Arc::new(Mutex::new(Some(handle)))),
+            },
+            snapshot,
+        ))
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether acknowledgements must wait for their ticket to be flushed (`sync = "always"`).
+    pub(crate) fn acks_wait(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|s| s.sync == SyncMode::Always)
+    }
+
+    /// Queues an operation for the writer; returns its ticket. Never blocks on I/O.
+    pub(crate) fn submit(&self, op: Op) -> u64 {
+        let Some(shared) = &self.shared else {
+            return 0;
+        };
+        let mut p = lock(&shared.pending);
+        p.last_ticket += 1;
+        p.ops.push(op);
+        let ticket = p.last_ticket;
+        let first = p.ops.len() == 1;
+        drop(p);
+        if first {
+            shared.wake.notify_one();
+        }
+        ticket
+    }
+
+    /// The ticket of the last submitted operation (0 if none).
+    pub(crate) fn last_ticket(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| lock(&s.pending).last_ticket)
+    }
+
+    /// Watches the highest durable ticket.
+    pub(crate) fn flushed(&self) -> Option<watch::Receiver<u64>> {
+        self.shared.as_ref().map(|s| s.flushed.subscribe())
+    }
+
+    /// Flushes what is pending and stops the writer (at shutdown).
+    pub(crate) fn close(&self) {
+        let (Some(shared), Some(writer)) = (&self.shared, &self.writer) else {
+            return;
+        };
+        lock(&shared.pending).stopping = true;
+        shared.wake.notify_one();
+        if let Some(h) = lock(writer).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handles a data directory that cannot be opened or read, per `on_corrupt`.
+fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, StoreError> {
+    if config.on_corrupt == OnCorrupt::Refuse {
+        error!(path = %config.path.display(), error = %e, "data directory unusable; persistence.on_corrupt = \"refuse\": not starting");
+        return Err(e);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = config.path.clone().into_os_string();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(&config.path, &aside).map_err(|source| StoreError::Dir {
+        path: config.path.clone(),
+        source,
+    })?;
+    error!(
+        path = %config.path.display(),
+        moved_to = %aside.display(),
+        error = %e,
+        "data directory unusable: moved aside, starting with empty state"
+    );
+    SledBackend::open(&config.path, config.sync)
+}
+
+/// The writer: takes every pending operation at once, applies them, flushes per the sync
+/// mode, then publishes the durable ticket. On an engine error (disk full, I/O) it logs, keeps
+/// the batch, and retries; tickets are not reported durable meanwhile, so acknowledgements
+/// that wait for them are withheld and clients retry.
+fn writer_loop(mut backend: SledBackend, shared: &Shared, interval: Duration) {
+    let mut batch: Vec<Op> = Vec::new();
+    let mut batch_ticket = 0;
+    let mut last_flush = Instant::now();
+    let mut dirty = false;
+    let mut failing = false;
+    loop {
+        let stopping = {
+            let mut p = lock(&shared.pending);
+            while p.ops.is_empty()
+                && !p.stopping
+                && batch.is_empty()
+                && !(dirty && shared.sync == SyncMode::Always)
+            {
+                let wait = match shared.sync {
+                    SyncMode::Periodic if dirty => interval.saturating_sub(last_flush.elapsed()),
+                    _ => Duration::from_secs(3600),
+                };
+                let (guard, timeout) = shared
+                    .wake
+                    .wait_timeout(p, wait.max(Duration::from_millis(1)))
+                    .unwrap_or_else(|e| e.into_inner());
+                p = guard;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            batch.append(&mut p.ops);
+            batch_ticket = batch_ticket.max(p.last_ticket);
+            p.stopping
+        };
+        if !batch.is_empty() {
+            match backend.apply(&batch) {
+                Ok(()) => {
+                    batch.clear();
+                    dirty = true;
+                }
+                Err(e) => {
+                    if !failing {
+                        error!(error = %e, "persistence write failed; acknowledgements withheld, retrying");
+                        failing = true;
+                    }
+                    if stopping {
+                        error!(lost_ops = batch.len(), "shutting down with unwritten state");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
+        let flush_now = match shared.sync {
+            SyncMode::Always => dirty,
+            SyncMode::Periodic => dirty && (last_flush.elapsed() >= interval || stopping),
+            SyncMode::Off => dirty && stopping,
+        };
+        if flush_now {
+            if let Err(e) = backend.flush() {
+                if !failing {
+                    error!(error = %e, "persistence flush failed; acknowledgements withheld, retrying");
+                    failing = true;
+                }
+                if stopping {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            dirty = false;
+            last_flush = Instant::now();
+        }
+        if failing {
+            warn!("persistence recovered");
+            failing = false;
+        }
+        // In "always" mode a ticket is durable once flushed; otherwise once applied.
+        if shared.sync != SyncMode::Always || !dirty {
+            shared.flushed.send_replace(batch_ticket);
+        }
+        if stopping && batch.is_empty() && lock(&shared.pending).ops.is_empty() {
+            return;
+        }
+    }
+}
