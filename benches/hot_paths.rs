@@ -1,1 +1,118 @@
-fn main() {}
+//! Criterion micro-benchmarks of the per-message hot paths: trie matching with 100k
+//! subscriptions, packet decode/encode, and routing one publish to 1 and 1,000 subscribers.
+//! Run: `cargo bench --bench hot_paths` (add `-- --quick` for a short run).
+
+use brokerd::bench_api::{decode_all, encode_publish, Router, Topic, Trie};
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+/// 100k subscriptions shaped like a fleet: `site/<s>/dev/<d>/temp` exact filters, plus the
+/// given wildcard mix.
+fn fleet_trie(wildcards: &[&str]) -> Trie {
+    let trie = Trie::new();
+    let mut n = 0u32;
+    for s in 0..100 {
+        for d in 0..1000 {
+            trie.subscribe(&format!("site/{s}/dev/{d}/temp"), &format!("c{n}"), n);
+            n += 1;
+        }
+    }
+    for (i, w) in wildcards.iter().enumerate() {
+        trie.subscribe(w, &format!("w{i}"), 1_000_000 + i as u32);
+    }
+    trie
+}
+
+fn trie_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("trie_match_100k_subs");
+    g.throughput(Throughput::Elements(1));
+    let topic = Topic::new("site/42/dev/512/temp");
+    let mut scratch = Vec::new();
+
+    let exact = fleet_trie(&[]);
+    g.bench_function("exact", |b| {
+        b.iter(|| exact.count_matches(black_box(&topic), &mut scratch))
+    });
+
+    let plus = fleet_trie(&["site/+/dev/+/temp", "site/42/+/512/+", "+/42/dev/512/temp"]);
+    g.bench_function("plus_heavy", |b| {
+        b.iter(|| plus.count_matches(black_box(&topic), &mut scratch))
+    });
+
+    let hash = fleet_trie(&[
+        "#",
+        "site/#",
+        "site/42/#",
+        "site/42/dev/#",
+        "site/42/dev/512/#",
+    ]);
+    g.bench_function("hash_heavy", |b| {
+        b.iter(|| hash.count_matches(black_box(&topic), &mut scratch))
+    });
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    // 1,000 QoS 1 PUBLISH packets with 64-byte payloads, decoded as one read buffer.
+    let mut stream = BytesMut::new();
+    for i in 0..1000u16 {
+        encode_publish(&mut stream, "site/42/dev/512/temp", &[7u8; 64], 1, i + 1);
+    }
+    // encode_publish writes server->client packets; a client PUBLISH has the same layout.
+    let stream = stream.freeze();
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("decode_1000_publish_64B", |b| {
+        b.iter_batched(
+            || BytesMut::from(&stream[..]),
+            |mut buf| decode_all(&mut buf, 1 << 20),
+            BatchSize::SmallInput,
+        )
+    });
+    let payload = [7u8; 64];
+    let mut out = BytesMut::with_capacity(1 << 20);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_publish_64B", |b| {
+        b.iter(|| {
+            if out.len() > (1 << 19) {
+                out.clear();
+            }
+            encode_publish(&mut out, black_box("site/42/dev/512/temp"), &payload, 1, 7);
+        })
+    });
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_one_publish");
+    let topic = Topic::new("site/42/dev/512/temp");
+    let mut p = BytesMut::new();
+    p.put_bytes(7, 64);
+    let payload: Bytes = p.freeze();
+    for subs in [1usize, 1000] {
+        // Queues sized so a round of 100 publishes never hits the bound.
+        let router = Router::new(subs, "site/+/dev/+/temp", 128);
+        g.throughput(Throughput::Elements(subs as u64));
+        g.bench_function(format!("to_{subs}_subscribers"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let round = left.min(100);
+                    let start = std::time::Instant::now();
+                    for _ in 0..round {
+                        router.publish(&topic, &payload);
+                    }
+                    total += start.elapsed();
+                    router.drain();
+                    left -= round;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, trie_match, codec, routing);
+criterion_main!(benches);

@@ -30,14 +30,16 @@
 //!
 //! Nothing on this path awaits another client: a slow subscriber only fills its own queue.
 
+#[doc(hidden)]
+pub mod bench_api;
 mod broker;
 pub mod config;
 mod error;
 mod message;
 mod protocol;
 mod server;
-mod store;
 mod session;
+mod store;
 mod topic;
 
 use std::future::Future;
@@ -91,12 +93,14 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
+    let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
         auth,
         max_packet_size: config.limits.max_packet_size,
         connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
         max_keepalive_s: config.limits.max_keepalive_s,
+        closing: closing.clone(),
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -119,6 +123,7 @@ pub async fn run(
         listener,
         ctx,
         config.limits.max_connections,
+        closing.clone(),
         token.clone(),
         tracker.clone(),
     );
@@ -126,9 +131,13 @@ pub async fn run(
         _ = accept => {}
         _ = shutdown => info!("shutdown requested"),
     }
+    // Phase 1: stop accepting and publish every will while all connections are still up, and
+    // give their deliveries a moment to go out. Phase 2: close every connection.
+    closing.cancel();
+    let grace = Duration::from_millis(config.listener.shutdown_grace_ms);
+    tokio::time::sleep((grace / 10).min(Duration::from_millis(200))).await;
     token.cancel();
     tracker.close();
-    let grace = Duration::from_millis(config.listener.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(
             remaining = tracker.len(),

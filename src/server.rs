@@ -15,11 +15,12 @@ use tracing::{error, field, info_span, warn, Instrument};
 
 use crate::session::{run_connection, ConnContext};
 
-/// Accepts until `shutdown` is cancelled.
+/// Accepts until `closing` is cancelled; connections end when `shutdown` is.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ConnContext>,
     max_connections: usize,
+    closing: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -28,7 +29,7 @@ pub(crate) async fn accept_loop(
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = closing.cancelled() => return,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -40,7 +41,7 @@ pub(crate) async fn accept_loop(
                 // EMFILE and friends: wait instead of spinning; connections ending free fds.
                 error!(error = %e, "accept failed; retrying in {backoff:?}");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = closing.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpStream;
 use std::collections::VecDeque;
+use tokio::net::TcpStream;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -49,6 +49,9 @@ pub(crate) struct ConnContext {
     pub(crate) connect_timeout: Duration,
     /// Keep-alive cap in seconds (65535 = none).
     pub(crate) max_keepalive_s: u16,
+    /// Cancelled first at shutdown: every connection publishes its will while all of them are
+    /// still connected, so live subscribers receive the wills before the connections close.
+    pub(crate) closing: CancellationToken,
 }
 
 /// Why a connection ended. Logged once, at the task boundary; also decides the will.
@@ -146,7 +149,10 @@ async fn accept_connect(
         c.client_id.as_str().into()
     };
     Span::current().record("client_id", &*client_id);
-    if !ctx.auth.permits(c.username.as_deref(), c.password.as_deref()) {
+    if !ctx
+        .auth
+        .permits(c.username.as_deref(), c.password.as_deref())
+    {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
         warn!(%peer, client_id = %client_id, username = ?c.username, "not authorized: refused (0x05)");
         refuse(&mut io, connack::NOT_AUTHORIZED);
@@ -212,7 +218,6 @@ async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>) {
         }
     }
     std::future::pending().await
-
 }
 
 /// A unique id for a client that sent none ([MQTT-3.1.3-6]).
@@ -270,6 +275,7 @@ enum Event {
     Wake,
     KeepAliveTick,
     Flushed,
+    Closing,
 }
 
 /// Outgoing payload bytes moved from the queue per drain, so one drain stays bounded.
@@ -285,7 +291,8 @@ impl Connection {
     ) -> DisconnectReason {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut ka_timer = pin!(sleep_until(
-            self.keep_alive.map_or(far, |ka| self.last_seen + ka * 3 / 2)
+            self.keep_alive
+                .map_or(far, |ka| self.last_seen + ka * 3 / 2)
         ));
         loop {
             if self.pending_drain
@@ -303,6 +310,9 @@ impl Connection {
                 || self.pending_acks.len() >= MAX_PENDING_ACKS;
             let waiting_acks = !self.pending_acks.is_empty();
             let has_output = self.io.pending_output() > 0;
+            // A drain stopped by its per-turn bound leaves more to send, and nothing else may
+            // wake us (the queue was never empty, so no notify): come straight back for it.
+            let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
@@ -312,6 +322,8 @@ impl Connection {
                 _ = self.wake.notified(), if !backed_up => Event::Wake,
                 _ = &mut ka_timer, if self.keep_alive.is_some() => Event::KeepAliveTick,
                 _ = flushed_changed(&mut self.flushed), if waiting_acks => Event::Flushed,
+                _ = self.ctx.closing.cancelled(), if self.will.is_some() => Event::Closing,
+                _ = std::future::ready(()), if drain_more => Event::Wake,
             };
             match event {
                 Event::Shutdown => return DisconnectReason::ServerShutdown,
@@ -325,6 +337,13 @@ impl Connection {
                 Event::Writable(Ok(())) => {}
                 Event::Wake => self.pending_drain = true,
                 Event::Flushed => self.release_acks(),
+                Event::Closing => {
+                    // [MQTT-3.1.2-8] the server is closing the connection: publish the will now,
+                    // while subscribers are still connected to receive it.
+                    if let Some(w) = self.will.take() {
+                        self.ctx.broker.publish(will::into_message(w));
+                    }
+                }
                 Event::KeepAliveTick => {
                     let ka = self.keep_alive.unwrap_or_default() * 3 / 2;
                     let deadline = self.last_seen + ka;
@@ -400,9 +419,7 @@ impl Connection {
                 Ok(())
             }
             Packet::Disconnect => Err(DisconnectReason::ClientDisconnect),
-            Packet::Connect(_) => Err(DisconnectReason::Violation(
-                "[MQTT-3.1.0-2] second CONNECT",
-            )),
+            Packet::Connect(_) => Err(DisconnectReason::Violation("[MQTT-3.1.0-2] second CONNECT")),
         }
     }
 
@@ -496,7 +513,11 @@ impl Connection {
             .flushed
             .as_mut()
             .map_or(u64::MAX, |rx| *rx.borrow_and_update());
-        while self.pending_acks.front().is_some_and(|(t, _)| *t <= durable) {
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|(t, _)| *t <= durable)
+        {
             if let Some((_, ack)) = self.pending_acks.pop_front() {
                 if matches!(ack, Ack::SubAck(..)) {
                     self.pending_subacks -= 1;
