@@ -40,10 +40,7 @@ impl BrokerProc {
         } else {
             "[listener]\nbind = \"127.0.0.1:0\"\n".to_owned()
         };
-        let extra = extra.replace(
-            "[listener]\n",
-            "[listener]\nbind = \"127.0.0.1:0\"\n",
-        );
+        let extra = extra.replace("[listener]\n", "[listener]\nbind = \"127.0.0.1:0\"\n");
         std::fs::write(&config_path, format!("{listener_extra}{extra}\n")).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
@@ -152,8 +149,14 @@ impl BrokerProc {
     /// Stops with SIGTERM, asserts a clean exit, and returns the directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.signal("TERM");
-        let status = self.wait_exit(WAIT).expect("brokerd did not exit after SIGTERM");
-        assert!(status.success(), "brokerd exited with {status}; log:\n{}", self.log());
+        let status = self
+            .wait_exit(WAIT)
+            .expect("brokerd did not exit after SIGTERM");
+        assert!(
+            status.success(),
+            "brokerd exited with {status}; log:\n{}",
+            self.log()
+        );
         self.take_dir()
     }
 
@@ -166,7 +169,8 @@ impl BrokerProc {
 
     /// Resident memory of the broker process in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -287,7 +291,10 @@ impl Client {
     /// Subscribes and waits for the SUBACK; returns its return codes.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.expect("subscribe");
-        match self.wait_for("SUBACK", |p| matches!(p, Packet::SubAck(_))).await {
+        match self
+            .wait_for("SUBACK", |p| matches!(p, Packet::SubAck(_)))
+            .await
+        {
             Packet::SubAck(s) => s.return_codes,
             _ => unreachable!(),
         }
@@ -306,7 +313,10 @@ impl Client {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(WAIT, async {
             while let Some(ev) = self.events.recv().await {
-                if matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {
+                if matches!(
+                    ev,
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                ) {
                     return;
                 }
             }
@@ -332,7 +342,10 @@ impl Raw {
     pub fn connected(addr: SocketAddr, client_id: &str) -> Raw {
         let mut raw = Raw::connect(addr);
         raw.send(&connect_packet(client_id, true, 60));
-        assert_eq!(raw.read_packet().expect("CONNACK"), vec![0x20, 0x02, 0x00, 0x00]);
+        assert_eq!(
+            raw.read_packet().expect("CONNACK"),
+            vec![0x20, 0x02, 0x00, 0x00]
+        );
         raw
     }
 
@@ -371,7 +384,9 @@ impl Raw {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Ok(n) => panic!("expected close, got {n} bytes: {:02x?}", &buf[..n]),
-            Err(e) => panic!("expected close, got error {e} (timeout means the broker kept the connection)"),
+            Err(e) => panic!(
+                "expected close, got error {e} (timeout means the broker kept the connection)"
+            ),
         }
     }
 }
@@ -418,7 +433,14 @@ pub fn connect_packet(client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> 
 }
 
 /// A PUBLISH from the client.
-pub fn publish_packet(topic: &str, qos: u8, retain: bool, dup: bool, pkid: u16, payload: &[u8]) -> Vec<u8> {
+pub fn publish_packet(
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    pkid: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let first = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
     let mut body = field(topic.as_bytes());
     if qos > 0 {
@@ -466,5 +488,358 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- Added for qos.rs, session.rs, malformed.rs, limits.rs, shutdown.rs (append-only) ----
+
+impl BrokerProc {
+    /// Waits until at least `count` log lines each contain every string in `parts`
+    /// (e.g. `&["disconnected", "client_id=s1"]`); returns the log.
+    pub fn wait_log_lines(&self, parts: &[&str], count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            let n = log
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count();
+            if n >= count {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("log never had {count} lines with {parts:?} (had {n}); log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Raw {
+    /// Connects with a CONNECT of the given CleanSession; asserts the CONNACK is accepted and
+    /// returns the client and its Session Present flag.
+    pub fn connected_with(addr: SocketAddr, client_id: &str, clean: bool) -> (Raw, bool) {
+        let mut raw = Raw::connect(addr);
+        raw.send(&connect_packet(client_id, clean, 60));
+        let ack = raw.read_packet().expect("CONNACK");
+        assert_eq!(ack.len(), 4, "CONNACK {ack:02x?}");
+        assert_eq!(
+            (ack[0], ack[1], ack[3]),
+            (0x20, 0x02, 0x00),
+            "CONNACK {ack:02x?}"
+        );
+        assert!(ack[2] <= 1, "reserved CONNACK flags {ack:02x?}");
+        (raw, ack[2] == 1)
+    }
+
+    /// One whole packet if it starts arriving within `limit`; None on silence, EOF or error.
+    pub fn read_packet_within(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        self.stream.set_read_timeout(Some(limit)).expect("timeout");
+        let mut first = [0u8; 1];
+        let got = self.stream.peek(&mut first);
+        self.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        match got {
+            Ok(1) => self.read_packet(),
+            _ => None,
+        }
+    }
+
+    /// Reads the next packet, failing the test if none arrives.
+    pub fn expect_packet(&mut self, what: &str) -> Vec<u8> {
+        self.read_packet()
+            .unwrap_or_else(|| panic!("expected {what}, got EOF/timeout"))
+    }
+
+    /// Subscribes to one filter (packet id `pkid`) and asserts the SUBACK grants `qos`.
+    pub fn subscribe(&mut self, pkid: u16, filter: &str, qos: u8) {
+        self.send(&subscribe_packet(pkid, &[(filter, qos)]));
+        let ack = self.expect_packet("SUBACK");
+        let [hi, lo] = pkid.to_be_bytes();
+        assert_eq!(ack, vec![0x90, 0x03, hi, lo, qos], "SUBACK for {filter}");
+    }
+
+    /// Sends PINGREQ and asserts the very next packet is PINGRESP: a barrier proving that
+    /// everything the broker wrote before it has been read.
+    pub fn ping(&mut self) {
+        self.send(&[0xC0, 0x00]);
+        let p = self.expect_packet("PINGRESP");
+        assert_eq!(p, vec![0xD0, 0x00], "expected PINGRESP, got {p:02x?}");
+    }
+
+    /// Asserts nothing arrives within `limit` (use after a positive barrier).
+    pub fn expect_silence(&mut self, limit: Duration) {
+        if let Some(p) = self.read_packet_within(limit) {
+            panic!("expected nothing, got {p:02x?}");
+        }
+    }
+
+    /// Reads packets until EOF/reset; panics if the connection is still open after `limit`.
+    /// Returns everything read before the close.
+    pub fn drain_until_closed(&mut self, limit: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "connection still open after {limit:?}");
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            match self.stream.read(&mut buf) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("connection still open after {limit:?}")
+                }
+                Err(e) => panic!("unexpected read error {e}"),
+            }
+        }
+    }
+}
+
+/// An acknowledgement-shaped packet: first byte + packet id (PUBACK 0x40, PUBREC 0x50,
+/// PUBREL 0x62, PUBCOMP 0x70).
+pub fn ack_packet(first: u8, pkid: u16) -> Vec<u8> {
+    packet(first, &pkid.to_be_bytes())
+}
+
+/// An UNSUBSCRIBE with the given filters.
+pub fn unsubscribe_packet(pkid: u16, filters: &[&str]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    for f in filters {
+        body.extend(field(f.as_bytes()));
+    }
+    packet(0xA2, &body)
+}
+
+/// A tiny deterministic PRNG (xorshift64*) for fuzz-style tests without extra crates.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+// ---- Helpers for connect.rs, pubsub.rs, retain.rs, will.rs, topic_matching.rs ----
+
+/// A CONNECT spelled out field by field, for CONNECTs `connect_packet` cannot express. The
+/// connect flags follow from the fields (will, username, password present), plus `extra_flags`.
+#[derive(Clone, Debug)]
+pub struct RawConnect {
+    pub protocol_name: Vec<u8>,
+    pub level: u8,
+    pub clean: bool,
+    pub keep_alive: u16,
+    pub client_id: Vec<u8>,
+    /// (topic, payload, qos, retain)
+    pub will: Option<(Vec<u8>, Vec<u8>, u8, bool)>,
+    pub username: Option<Vec<u8>>,
+    pub password: Option<Vec<u8>>,
+    /// ORed into the computed connect flags (reserved bit, stray will QoS, ...).
+    pub extra_flags: u8,
+}
+
+impl RawConnect {
+    /// A 3.1.1 CONNECT with a clean session and keep-alive 60 s.
+    pub fn new(client_id: &str) -> RawConnect {
+        RawConnect {
+            protocol_name: b"MQTT".to_vec(),
+            level: 4,
+            clean: true,
+            keep_alive: 60,
+            client_id: client_id.as_bytes().to_vec(),
+            will: None,
+            username: None,
+            password: None,
+            extra_flags: 0,
+        }
+    }
+
+    pub fn will(mut self, topic: &str, payload: &[u8], qos: u8, retain: bool) -> RawConnect {
+        self.will = Some((topic.as_bytes().to_vec(), payload.to_vec(), qos, retain));
+        self
+    }
+
+    pub fn username(mut self, username: &str) -> RawConnect {
+        self.username = Some(username.as_bytes().to_vec());
+        self
+    }
+
+    pub fn password(mut self, password: &[u8]) -> RawConnect {
+        self.password = Some(password.to_vec());
+        self
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut flags = self.extra_flags;
+        if self.clean {
+            flags |= 0x02;
+        }
+        if let Some((_, _, qos, retain)) = &self.will {
+            flags |= 0x04 | (qos << 3) | if *retain { 0x20 } else { 0 };
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
+        }
+        if self.username.is_some() {
+            flags |= 0x80;
+        }
+        let mut body = field(&self.protocol_name);
+        body.push(self.level);
+        body.push(flags);
+        body.extend(self.keep_alive.to_be_bytes());
+        body.extend(field(&self.client_id));
+        if let Some((topic, payload, _, _)) = &self.will {
+            body.extend(field(topic));
+            body.extend(field(payload));
+        }
+        if let Some(u) = &self.username {
+            body.extend(field(u));
+        }
+        if let Some(p) = &self.password {
+            body.extend(field(p));
+        }
+        packet(0x10, &body)
+    }
+}
+
+/// What a bounded raw read saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawRead {
+    Packet(Vec<u8>),
+    /// EOF or reset.
+    Closed,
+    /// Nothing within the limit.
+    Timeout,
+}
+
+impl Raw {
+    /// Connects, sends `c` and asserts CONNACK 0 (session present 0).
+    pub fn connected_by(addr: SocketAddr, c: &RawConnect) -> Raw {
+        let mut raw = Raw::connect(addr);
+        raw.send(&c.encode());
+        assert_eq!(
+            raw.read_packet().expect("CONNACK"),
+            vec![0x20, 0x02, 0x00, 0x00]
+        );
+        raw
+    }
+
+    /// The next packet within `limit` (a packet that has started arriving is read whole).
+    pub fn read_within(&mut self, limit: Duration) -> RawRead {
+        self.stream
+            .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let mut first = [0u8; 1];
+        let r = self.stream.peek(&mut first);
+        self.stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        match r {
+            Ok(0) => RawRead::Closed,
+            Ok(_) => match self.read_packet() {
+                Some(p) => RawRead::Packet(p),
+                None => RawRead::Closed,
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                RawRead::Timeout
+            }
+            Err(_) => RawRead::Closed,
+        }
+    }
+
+    /// Reads packets until the broker closes the connection (at most `WAIT`); returns them.
+    pub fn read_until_closed(&mut self) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_within(left) {
+                RawRead::Packet(p) => out.push(p),
+                RawRead::Closed => return out,
+                RawRead::Timeout => panic!("connection still open after {WAIT:?}; got {out:02x?}"),
+            }
+        }
+    }
+
+    /// Sends SUBSCRIBE with several filters and asserts the SUBACK return codes are `codes`.
+    pub fn subscribe_many(&mut self, pkid: u16, filters: &[(&str, u8)], codes: &[u8]) {
+        self.send(&subscribe_packet(pkid, filters));
+        let mut expected = vec![0x90];
+        expected.extend(remaining_length(2 + codes.len()));
+        expected.extend(pkid.to_be_bytes());
+        expected.extend_from_slice(codes);
+        assert_eq!(self.read_packet().expect("SUBACK"), expected);
+    }
+}
+
+pub fn pingreq_packet() -> Vec<u8> {
+    vec![0xc0, 0x00]
+}
+
+pub fn disconnect_packet() -> Vec<u8> {
+    vec![0xe0, 0x00]
+}
+
+impl Client {
+    /// Waits until the broker has handled everything this client sent before: an UNSUBSCRIBE
+    /// of a filter nobody uses is answered in order, after the earlier packets.
+    pub async fn barrier(&mut self) {
+        self.client
+            .unsubscribe("$barrier/never/subscribed")
+            .await
+            .expect("unsubscribe");
+        self.wait_for("UNSUBACK", |p| matches!(p, Packet::UnsubAck(_)))
+            .await;
+    }
+
+    /// Publishes and waits until the broker has routed it (see `barrier`).
+    pub async fn publish_routed(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+    ) {
+        self.publish(topic, qos, retain, payload).await;
+        self.barrier().await;
+    }
+
+    /// Waits for the next PUBLISH and asserts its topic: used as a positive barrier (nothing
+    /// else was delivered first).
+    pub async fn expect_publish_on(&mut self, topic: &str) -> Publish {
+        let p = self.next_publish().await;
+        assert_eq!(p.topic, topic, "unexpected PUBLISH {p:?}");
+        p
+    }
+
+    /// Asserts no PUBLISH arrives within `limit`; meaningful only after a positive barrier.
+    pub async fn expect_no_publish(&mut self, limit: Duration) {
+        if let Some(p) = self.next_publish_within(limit).await {
+            panic!("unexpected PUBLISH {p:?}");
+        }
     }
 }
