@@ -29,7 +29,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. Every key is documented in config/broker.toml.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listener: ListenerConfig,
@@ -64,7 +64,7 @@ pub struct LimitsConfig {
 }
 
 /// `[session]`: session behaviour where the standard leaves a choice.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// Queue QoS 0 messages for disconnected persistent sessions (Mosquitto's queue_qos0_messages).
@@ -142,15 +142,6 @@ impl Default for LimitsConfig {
     }
 }
 
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            queue_qos0_messages: false,
-            expiry_s: 0,
-        }
-    }
-}
-
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
@@ -213,7 +204,10 @@ impl Config {
             let _ = write!(problems, "{key}: {why}");
         };
         if self.listener.bind.parse::<SocketAddr>().is_err() {
-            bad("listener.bind", "must be an IP:port such as \"127.0.0.1:1883\"");
+            bad(
+                "listener.bind",
+                "must be an IP:port such as \"127.0.0.1:1883\"",
+            );
         }
         let l = &self.limits;
         if l.max_connections == 0 {
@@ -240,8 +234,16 @@ impl Config {
         if self.persistence.flush_interval_ms == 0 {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-            bad("log.level", "is not a valid filter (e.g. \"info\", \"brokerd=debug\")");
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            bad(
+                "log.level",
+                "is not a valid filter (e.g. \"info\", \"brokerd=debug\")",
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -259,19 +261,6 @@ impl Config {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listener: ListenerConfig::default(),
-            limits: LimitsConfig::default(),
-            session: SessionConfig::default(),
-            auth: AuthConfig::default(),
-            persistence: PersistenceConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,14 +274,21 @@ mod tests {
 
     #[test]
     fn empty_file_gives_defaults() {
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_the_file() {
-        let err = Config::parse("[limits]\nmax_inflite = 3\n", Path::new("/etc/b.toml")).unwrap_err();
+        let err =
+            Config::parse("[limits]\nmax_inflite = 3\n", Path::new("/etc/b.toml")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("max_inflite") && msg.contains("/etc/b.toml"), "{msg}");
+        assert!(
+            msg.contains("max_inflite") && msg.contains("/etc/b.toml"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -303,7 +299,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        for key in ["listener.bind", "limits.max_packet_size", "limits.max_inflight"] {
+        for key in [
+            "listener.bind",
+            "limits.max_packet_size",
+            "limits.max_inflight",
+        ] {
             assert!(err.contains(key), "{err}");
         }
     }

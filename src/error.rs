@@ -7,7 +7,9 @@ use crate::topic::TopicError;
 /// A client broke the protocol; the connection is closed ([MQTT-4.8.0-1]).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProtocolError {
-    #[error("[MQTT-2.2.2-2] invalid fixed-header flags {flags:#06b} for packet type {packet_type}")]
+    #[error(
+        "[MQTT-2.2.2-2] invalid fixed-header flags {flags:#06b} for packet type {packet_type}"
+    )]
     BadFlags { packet_type: u8, flags: u8 },
     #[error("[MQTT-2.2] reserved packet type {0}")]
     ReservedPacketType(u8),
@@ -27,13 +29,17 @@ pub(crate) enum ProtocolError {
     ZeroPacketId,
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
-    #[error("[MQTT-2.2.3] packet type {packet_type} must have remaining length {expected}, not {len}")]
+    #[error(
+        "[MQTT-2.2.3] packet type {packet_type} must have remaining length {expected}, not {len}"
+    )]
     WrongRemainingLength {
         packet_type: u8,
         expected: usize,
         len: usize,
     },
-    #[error("[MQTT-1.5.3] control character or U+FFFF in the {0} (refused by policy, as mosquitto)")]
+    #[error(
+        "[MQTT-1.5.3] control character or U+FFFF in the {0} (refused by policy, as mosquitto)"
+    )]
     ForbiddenChar(&'static str),
     #[error("[MQTT-3.1.2-1] protocol name is neither \"MQTT\" nor \"MQIsdp\"")]
     BadProtocolName,

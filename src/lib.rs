@@ -146,6 +146,6 @@ pub async fn run(
     }
     // The writer thread flushes what is pending; join it off the async workers.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
-    info!(sessions = broker.session_count(), "stopped");
+    broker.log_summary();
     Ok(())
 }

@@ -105,8 +105,18 @@ impl Broker {
         &self.inner.limits
     }
 
-    pub(crate) fn stats(&self) -> &Stats {
-        &self.inner.stats
+    /// One summary line of counters, for the log at shutdown.
+    pub(crate) fn log_summary(&self) {
+        let inner = &*self.inner;
+        info!(
+            sessions = inner.sessions.len(),
+            subscriptions = inner.subs.len(),
+            retained = inner.retained.len(),
+            published = inner.stats.published.load(Ordering::Relaxed),
+            dropped = inner.stats.dropped.load(Ordering::Relaxed),
+            denied = inner.stats.denied.load(Ordering::Relaxed),
+            "broker stopped"
+        );
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -321,7 +331,13 @@ impl Broker {
                 retain: false,
                 seq: 0,
             };
-            let offer = session.offer(d, &inner.limits, inner.queue_qos0_offline, false, &inner.store);
+            let offer = session.offer(
+                d,
+                &inner.limits,
+                inner.queue_qos0_offline,
+                false,
+                &inner.store,
+            );
             if offer == Offer::Full {
                 self.note_drop(&session);
             }
@@ -361,8 +377,8 @@ impl Broker {
         let mut expired = Vec::new();
         self.inner.sessions.retain(|_, s| {
             let mut st = s.lock();
-            let old = st.conn.is_none()
-                && st.disconnected_at.is_some_and(|t| t.elapsed() >= max_age);
+            let old =
+                st.conn.is_none() && st.disconnected_at.is_some_and(|t| t.elapsed() >= max_age);
             if old {
                 st.discarded = true;
                 expired.push((s.client_id.clone(), std::mem::take(&mut st.subscriptions)));
@@ -411,7 +427,9 @@ impl Broker {
                 for (f, q) in stored.subscriptions {
                     match (TopicFilter::parse(&f), qos_from_u8(q)) {
                         (Ok(f), Some(q)) => {
-                            self.inner.subs.subscribe(&f, &client_id, session.clone(), q);
+                            self.inner
+                                .subs
+                                .subscribe(&f, &client_id, session.clone(), q);
                             st.subscriptions.insert(f, q);
                         }
                         _ => skipped += 1,
@@ -419,7 +437,9 @@ impl Broker {
                 }
                 for e in stored.messages {
                     st.last_seq = st.last_seq.max(e.seq);
-                    let (Ok(topic), Some(qos)) = (TopicName::parse(&e.msg.topic), qos_from_u8(e.msg.qos)) else {
+                    let (Ok(topic), Some(qos)) =
+                        (TopicName::parse(&e.msg.topic), qos_from_u8(e.msg.qos))
+                    else {
                         skipped += 1;
                         continue;
                     };
@@ -449,12 +469,10 @@ impl Broker {
             self.inner.sessions.insert(client_id, session);
         }
         if skipped > 0 {
-            warn!(records = skipped, "skipped stored records that no longer validate");
+            warn!(
+                records = skipped,
+                "skipped stored records that no longer validate"
+            );
         }
-    }
-
-    /// Number of sessions (connected or persistent) known to the broker.
-    pub(crate) fn session_count(&self) -> usize {
-        self.inner.sessions.len()
     }
 }

@@ -210,10 +210,12 @@ impl Outbound {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn queued_len(&self) -> usize {
         self.queue.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
@@ -333,10 +335,18 @@ mod tests {
         let q2 = o.next(&LIMITS).unwrap().pkid;
         let q1 = o.next(&LIMITS).unwrap().pkid;
         assert_eq!(o.on_puback(q2), AckOutcome::WrongAck);
-        assert_eq!(o.on_pubcomp(q2), AckOutcome::WrongAck, "PUBCOMP before PUBREC");
+        assert_eq!(
+            o.on_pubcomp(q2),
+            AckOutcome::WrongAck,
+            "PUBCOMP before PUBREC"
+        );
         assert_eq!(o.on_pubrec(q1), AckOutcome::WrongAck);
         assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel { seq: 0 });
-        assert_eq!(o.on_pubrec(q2), AckOutcome::SendPubrel { seq: 0 }, "repeated PUBREC");
+        assert_eq!(
+            o.on_pubrec(q2),
+            AckOutcome::SendPubrel { seq: 0 },
+            "repeated PUBREC"
+        );
         assert_eq!(o.on_pubcomp(q2), AckOutcome::Completed { seq: 0 });
         assert_eq!(o.on_pubcomp(q2), AckOutcome::Unknown);
         assert_eq!(o.on_pubrec(999), AckOutcome::SendPubrel { seq: 0 });

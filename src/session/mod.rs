@@ -249,7 +249,7 @@ struct Connection {
     /// The store's durable ticket, when acknowledgements wait for the disk (sync = "always").
     flushed: Option<watch::Receiver<u64>>,
     /// Acknowledgements waiting for their ticket to be durable, in packet order ([MQTT-4.6.0-2]).
-    pending_acks: VecDeque<(u64, Ack)>,
+    pending_acks: VecDeque<(u64, Deferred)>,
     /// SUBACKs among `pending_acks`: retained messages must not overtake their SUBACK.
     pending_subacks: usize,
     /// Whether this session's state goes to the store.
@@ -257,7 +257,7 @@ struct Connection {
 }
 
 /// An acknowledgement that may have to wait for the disk.
-enum Ack {
+enum Deferred {
     PubAck(u16),
     PubRec(u16),
     SubAck(u16, Vec<u8>),
@@ -449,7 +449,7 @@ impl Connection {
                 // sync = "always", the PUBACK waits until what routing stored is flushed).
                 route(&self.ctx.broker, msg);
                 let ticket = self.ticket_since(before);
-                self.send_ack(Ack::PubAck(p.pkid), ticket);
+                self.send_ack(Deferred::PubAck(p.pkid), ticket);
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] method A: deliver on the first PUBLISH; a re-sent one with an
@@ -467,7 +467,7 @@ impl Connection {
                     route(&self.ctx.broker, msg);
                 }
                 let ticket = self.ticket_since(before);
-                self.send_ack(Ack::PubRec(p.pkid), ticket);
+                self.send_ack(Deferred::PubRec(p.pkid), ticket);
             }
         }
         Ok(())
@@ -494,14 +494,14 @@ impl Connection {
 
     /// Sends an acknowledgement now, or queues it until its ticket is durable. Once one waits,
     /// the ones after it wait too, so acknowledgements keep the order of their packets.
-    fn send_ack(&mut self, ack: Ack, ticket: u64) {
+    fn send_ack(&mut self, ack: Deferred, ticket: u64) {
         let durable = self.flushed.as_ref().map_or(u64::MAX, |rx| *rx.borrow());
         if self.pending_acks.is_empty() && ticket <= durable {
             self.write_ack(ack);
             return;
         }
         let ticket = ticket.max(self.pending_acks.back().map_or(0, |(t, _)| *t));
-        if matches!(ack, Ack::SubAck(..)) {
+        if matches!(ack, Deferred::SubAck(..)) {
             self.pending_subacks += 1;
         }
         self.pending_acks.push_back((ticket, ack));
@@ -519,7 +519,7 @@ impl Connection {
             .is_some_and(|(t, _)| *t <= durable)
         {
             if let Some((_, ack)) = self.pending_acks.pop_front() {
-                if matches!(ack, Ack::SubAck(..)) {
+                if matches!(ack, Deferred::SubAck(..)) {
                     self.pending_subacks -= 1;
                     self.pending_drain = true;
                 }
@@ -528,11 +528,11 @@ impl Connection {
         }
     }
 
-    fn write_ack(&mut self, ack: Ack) {
+    fn write_ack(&mut self, ack: Deferred) {
         match ack {
-            Ack::PubAck(id) => codec::encode_puback(&mut self.io.wbuf, id),
-            Ack::PubRec(id) => codec::encode_pubrec(&mut self.io.wbuf, id),
-            Ack::SubAck(id, codes) => codec::encode_suback(&mut self.io.wbuf, id, &codes),
+            Deferred::PubAck(id) => codec::encode_puback(&mut self.io.wbuf, id),
+            Deferred::PubRec(id) => codec::encode_pubrec(&mut self.io.wbuf, id),
+            Deferred::SubAck(id, codes) => codec::encode_suback(&mut self.io.wbuf, id, &codes),
         }
     }
 
@@ -605,7 +605,7 @@ impl Connection {
         }
         // [MQTT-3.8.4-5] one return code per filter, in order.
         let ticket = self.ticket_since(before);
-        self.send_ack(Ack::SubAck(s.pkid, codes), ticket);
+        self.send_ack(Deferred::SubAck(s.pkid, codes), ticket);
         self.pending_drain = true;
     }
 

@@ -25,8 +25,6 @@ pub(crate) use sled_backend::SledBackend;
 pub(crate) enum StoreError {
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
-    #[error("corrupt record in {tree}: {why}")]
-    Corrupt { tree: &'static str, why: &'static str },
     #[error("data directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -56,11 +54,22 @@ pub(crate) enum StoredState {
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
     /// A persistent session exists.
-    SessionPut { client: Arc<str> },
+    SessionPut {
+        client: Arc<str>,
+    },
     /// Remove the session and everything stored for it.
-    SessionDel { client: Arc<str> },
-    SubPut { client: Arc<str>, filter: Arc<str>, qos: u8 },
-    SubDel { client: Arc<str>, filter: Arc<str> },
+    SessionDel {
+        client: Arc<str>,
+    },
+    SubPut {
+        client: Arc<str>,
+        filter: Arc<str>,
+        qos: u8,
+    },
+    SubDel {
+        client: Arc<str>,
+        filter: Arc<str>,
+    },
     /// A message queued for a persistent session, keyed by its per-session sequence number.
     MsgPut {
         client: Arc<str>,
@@ -72,12 +81,25 @@ pub(crate) enum Op {
         seq: u64,
         state: StoredState,
     },
-    MsgDel { client: Arc<str>, seq: u64 },
+    MsgDel {
+        client: Arc<str>,
+        seq: u64,
+    },
     /// An inbound QoS 2 packet id awaiting PUBREL.
-    Qos2Put { client: Arc<str>, pkid: u16 },
-    Qos2Del { client: Arc<str>, pkid: u16 },
-    RetainPut { msg: StoredMessage },
-    RetainDel { topic: Arc<str> },
+    Qos2Put {
+        client: Arc<str>,
+        pkid: u16,
+    },
+    Qos2Del {
+        client: Arc<str>,
+        pkid: u16,
+    },
+    RetainPut {
+        msg: StoredMessage,
+    },
+    RetainDel {
+        topic: Arc<str>,
+    },
 }
 
 /// One stored message of a session, in sequence order.

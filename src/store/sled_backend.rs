@@ -278,14 +278,43 @@ mod tests {
             s.apply(&[
                 Op::SessionPut { client: a.clone() },
                 Op::SessionPut { client: b.clone() },
-                Op::SubPut { client: a.clone(), filter: "x/#".into(), qos: 2 },
-                Op::MsgPut { client: a.clone(), seq: 2, msg: msg("x/1", b"two") },
-                Op::MsgPut { client: a.clone(), seq: 1, msg: msg("x/1", b"one") },
-                Op::MsgPut { client: a.clone(), seq: 300, msg: msg("x/1", b"three") },
-                Op::MsgState { client: a.clone(), seq: 1, state: StoredState::Released(7) },
-                Op::Qos2Put { client: a.clone(), pkid: 9 },
-                Op::MsgPut { client: b.clone(), seq: 1, msg: msg("y", b"b") },
-                Op::RetainPut { msg: msg("r", b"kept") },
+                Op::SubPut {
+                    client: a.clone(),
+                    filter: "x/#".into(),
+                    qos: 2,
+                },
+                Op::MsgPut {
+                    client: a.clone(),
+                    seq: 2,
+                    msg: msg("x/1", b"two"),
+                },
+                Op::MsgPut {
+                    client: a.clone(),
+                    seq: 1,
+                    msg: msg("x/1", b"one"),
+                },
+                Op::MsgPut {
+                    client: a.clone(),
+                    seq: 300,
+                    msg: msg("x/1", b"three"),
+                },
+                Op::MsgState {
+                    client: a.clone(),
+                    seq: 1,
+                    state: StoredState::Released(7),
+                },
+                Op::Qos2Put {
+                    client: a.clone(),
+                    pkid: 9,
+                },
+                Op::MsgPut {
+                    client: b.clone(),
+                    seq: 1,
+                    msg: msg("y", b"b"),
+                },
+                Op::RetainPut {
+                    msg: msg("r", b"kept"),
+                },
                 Op::SessionDel { client: b.clone() },
             ])
             .unwrap();

@@ -163,8 +163,7 @@ impl BrokerProc {
     fn take_dir(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     /// Resident memory of the broker process in KiB (from /proc).
@@ -193,7 +192,7 @@ impl Drop for BrokerProc {
 /// A rumqttc client whose event loop runs in a task; incoming events arrive on `events`.
 pub struct Client {
     pub client: AsyncClient,
-    pub events: tmpsc::UnboundedReceiver<Result<Event, String>>,
+    pub events: tmpsc::Receiver<Result<Event, String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -213,12 +212,13 @@ pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
 /// Connects with `opts` and waits for CONNACK; returns the client and the CONNACK.
 pub async fn connect_with(opts: MqttOptions) -> (Client, rumqttc::ConnAck) {
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts, 1000);
-    let (tx, mut rx) = tmpsc::unbounded_channel();
+    // Bounded like every queue: a test that stops reading slows its event loop, no more.
+    let (tx, mut rx) = tmpsc::channel(10_000);
     let task = tokio::spawn(async move {
         loop {
             let ev = eventloop.poll().await;
             let stop = ev.is_err();
-            if tx.send(ev.map_err(|e| e.to_string())).is_err() || stop {
+            if tx.send(ev.map_err(|e| e.to_string())).await.is_err() || stop {
                 return;
             }
         }

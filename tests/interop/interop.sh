@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Interoperability tests: drive the built brokerd binary with third-party clients
+# (mosquitto_pub/mosquitto_sub from Debian's mosquitto-clients, and Python paho-mqtt 2.x).
+#
+#   cargo build --bin brokerd && bash tests/interop/interop.sh
+#   BROKERD=target/release/brokerd bash tests/interop/interop.sh
+#
+# Starts one broker on a free loopback port, runs every case (each prints PASS or FAIL), stops
+# the broker with SIGTERM, and ends with "N passed, M failed"; exits non-zero when M > 0.
+# Every wait is bounded. Needs: mosquitto_pub, mosquitto_sub, python3 with paho-mqtt 2.x.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BROKERD="${BROKERD:-$ROOT/target/debug/brokerd}"
+PAHO=(python3 "$HERE/paho_client.py")
+T=10 # seconds: the bound on any single wait
+
+for tool in mosquitto_pub mosquitto_sub python3 timeout stdbuf; do
+    command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 2; }
+done
+python3 -c 'import paho.mqtt.client as m; assert hasattr(m, "CallbackAPIVersion")' 2>/dev/null || {
+    echo "interop: python3 needs paho-mqtt 2.x (pip install paho-mqtt==2.2.0)" >&2
+    exit 2
+}
+[[ -x "$BROKERD" ]] || { echo "interop: broker binary $BROKERD not found (cargo build --bin brokerd)" >&2; exit 2; }
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/brokerd-interop.XXXXXX")"
+BROKER_PID=""
+
+# On exit: stop the clients this script started and still running (its own jobs only), then the
+# broker it started (SIGTERM, SIGKILL after 5 s), by PID.
+cleanup() {
+    local pid
+    for pid in $(jobs -pr); do
+        [[ "$pid" == "$BROKER_PID" ]] || kill "$pid" 2>/dev/null
+    done
+    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
+        kill "$BROKER_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$BROKER_PID" 2>/dev/null
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); echo "PASS $1"; }
+fail() {
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1"
+    shift
+    local f
+    for f in "$@"; do
+        [[ -f "$f" ]] && sed "s|^|    $(basename "$f"): |" "$f"
+    done
+}
+
+# --- the broker -------------------------------------------------------------------------------
+cat >"$TMP/broker.toml" <<'EOF'
+[listener]
+bind = "127.0.0.1:0"
+shutdown_grace_ms = 2000
+EOF
+"$BROKERD" --config "$TMP/broker.toml" >"$TMP/broker.out" 2>"$TMP/broker.log" &
+BROKER_PID=$!
+PORT=""
+for _ in $(seq 100); do
+    PORT="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/broker.out")"
+    [[ -n "$PORT" ]] && break
+    kill -0 "$BROKER_PID" 2>/dev/null || break
+    sleep 0.1
+done
+if [[ -z "$PORT" ]]; then
+    echo "interop: broker did not print 'listening on 127.0.0.1:PORT' within 10 s" >&2
+    cat "$TMP/broker.out" "$TMP/broker.log" >&2
+    exit 1
+fi
+echo "brokerd (pid $BROKER_PID) listening on 127.0.0.1:$PORT"
+H=(-h 127.0.0.1 -p "$PORT")
+
+# --- helpers ----------------------------------------------------------------------------------
+# Lines of mosquitto_sub output are "MSG <qos> <retain> <topic> <payload>", like paho_client.py.
+FMT='MSG %q %r %t %p'
+
+# wait_for FILE PATTERN: wait (bounded) until FILE has a line matching PATTERN.
+wait_for() {
+    local i
+    for i in $(seq $((T * 20))); do
+        grep -q -- "$2" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# msub NAME ARGS...: start mosquitto_sub in the background (output in $TMP/NAME.out, pid in
+# SUB_PID) and wait until its SUBACK has arrived. Give it -C N and/or -W S so it ends by itself.
+msub() {
+    local name=$1
+    shift
+    # stdbuf: -d's debug lines (SUBACK) go to stdout through stdio, which buffers a file.
+    timeout $((T + 5)) stdbuf -oL mosquitto_sub -d "${H[@]}" -F "$FMT" "$@" >"$TMP/$name.out" 2>&1 &
+    SUB_PID=$!
+    wait_for "$TMP/$name.out" '^Subscribed'
+}
+
+# psub NAME ARGS...: start paho_client.py sub in the background (output in $TMP/NAME.out, pid
+# in SUB_PID) and wait until it printed READY (subscribed) or failed.
+psub() {
+    local name=$1
+    shift
+    timeout $((T + 5)) "${PAHO[@]}" --port "$PORT" --timeout "$T" "$@" >"$TMP/$name.out" 2>&1 &
+    SUB_PID=$!
+    wait_for "$TMP/$name.out" '^READY\|^ERROR'
+}
+
+# mpub ARGS...: mosquitto_pub, bounded.
+mpub() { timeout "$T" mosquitto_pub "${H[@]}" "$@"; }
+
+# paho ARGS...: paho_client.py in the foreground, bounded.
+paho() { timeout $((T + 5)) "${PAHO[@]}" --port "$PORT" --timeout "$T" "$@"; }
+
+# finish NAME: wait for the background subscriber SUB_PID, keep its MSG lines in $TMP/NAME.got.
+finish() {
+    wait "$SUB_PID"
+    SUB_RC=$?
+    grep '^MSG ' "$TMP/$1.out" >"$TMP/$1.got"
+}
+
+# expect NAME CASE LINE...: the subscriber NAME got exactly LINE... (in order).
+expect() {
+    local name=$1 case=$2
+    shift 2
+    printf '%s\n' "$@" >"$TMP/$name.want"
+    if diff -q "$TMP/$name.want" "$TMP/$name.got" >/dev/null; then
+        pass "$case"
+    else
+        fail "$case" "$TMP/$name.want" "$TMP/$name.got" "$TMP/$name.out"
+    fi
+}
+
+# --- QoS round trips --------------------------------------------------------------------------
+for q in 0 1 2; do
+    msub "mm$q" -t "interop/mm/q$q" -q "$q" -C 3 -W "$T"
+    printf 'a%s\nb%s\nc%s\n' "$q" "$q" "$q" | mpub -t "interop/mm/q$q" -q "$q" -l
+    finish "mm$q"
+    expect "mm$q" "QoS $q mosquitto_pub -> mosquitto_sub" \
+        "MSG $q 0 interop/mm/q$q a$q" "MSG $q 0 interop/mm/q$q b$q" "MSG $q 0 interop/mm/q$q c$q"
+done
+
+for q in 0 1 2; do
+    msub "pm$q" -t "interop/pm/q$q" -q "$q" -C 3 -W "$T"
+    paho pub --topic "interop/pm/q$q" --qos "$q" --count 3 --prefix "p$q-" >"$TMP/pm$q.pub" 2>&1
+    finish "pm$q"
+    expect "pm$q" "QoS $q paho publisher -> mosquitto_sub" \
+        "MSG $q 0 interop/pm/q$q p$q-1" "MSG $q 0 interop/pm/q$q p$q-2" "MSG $q 0 interop/pm/q$q p$q-3"
+done
+
+for q in 0 1 2; do
+    psub "mp$q" sub --topic "interop/mp/q$q" --qos "$q" --count 3
+    printf 'x%s\ny%s\nz%s\n' "$q" "$q" "$q" | mpub -t "interop/mp/q$q" -q "$q" -l
+    finish "mp$q"
+    expect "mp$q" "QoS $q mosquitto_pub -> paho subscriber" \
+        "MSG $q 0 interop/mp/q$q x$q" "MSG $q 0 interop/mp/q$q y$q" "MSG $q 0 interop/mp/q$q z$q"
+done
+
+# MQTT 3.1 (protocol level 3, "MQIsdp") clients.
+msub v31 -V mqttv31 -i interop-v31-sub -t interop/v31 -q 1 -C 2 -W "$T"
+printf 'old1\nold2\n' | mpub -V mqttv31 -i interop-v31-pub -t interop/v31 -q 1 -l
+finish v31
+expect v31 "MQTT 3.1 mosquitto_pub -> MQTT 3.1 mosquitto_sub" \
+    "MSG 1 0 interop/v31 old1" "MSG 1 0 interop/v31 old2"
+
+# Downgrade: a message is delivered at the lower of the publish QoS and the subscription QoS.
+for sq in 0 1; do
+    pq=$((sq + 1))
+    msub "down$sq" -t "interop/down/$sq" -q "$sq" -C 1 -W "$T"
+    mpub -t "interop/down/$sq" -q "$pq" -m "sent-at-$pq"
+    finish "down$sq"
+    expect "down$sq" "QoS $pq publish to a QoS $sq subscription arrives at QoS $sq" \
+        "MSG $sq 0 interop/down/$sq sent-at-$pq"
+done
+
+# Wildcards; overlapping subscriptions of one client get one copy (brokerd delivers once per
+# client, at the highest granted QoS).
+msub wild -t 'interop/wild/+/x' -t 'interop/wild/#' -q 1 -C 2 -W "$T"
+mpub -t interop/wild/a/x -q 1 -m one
+mpub -t interop/wild/b -q 1 -m two
+finish wild
+expect wild "wildcards '+' and '#', overlapping subscriptions deliver one copy" \
+    "MSG 1 0 interop/wild/a/x one" "MSG 1 0 interop/wild/b two"
+
+# A client may not publish to $SYS topics: the broker acknowledges and drops it, so the
+# subscriber's first message is the marker published after it.
+msub sys -t '$SYS/#' -t interop/sys -q 1 -C 1 -W "$T"
+mpub -t '$SYS/interop' -q 1 -m forged
+mpub -t interop/sys -q 1 -m marker
+finish sys
+expect sys "client PUBLISH to \$SYS/... is not delivered" "MSG 1 0 interop/sys marker"
+
+# --- retained messages ------------------------------------------------------------------------
+mpub -t interop/retained -q 1 -r -m kept
+msub ret1 -t interop/retained -q 1 -C 1 -W "$T"
+finish ret1
+expect ret1 "retained message delivered to a new subscriber with RETAIN=1" "MSG 1 1 interop/retained kept"
+
+# A subscriber that is already subscribed gets a retained publish with RETAIN=0 [MQTT-3.3.1-9].
+msub ret2 -t interop/retained -q 1 -C 2 -W "$T"
+mpub -t interop/retained -q 1 -r -m kept2
+finish ret2
+expect ret2 "retained publish to an existing subscription has RETAIN=0" \
+    "MSG 1 1 interop/retained kept" "MSG 1 0 interop/retained kept2"
+
+# An empty retained publish clears it: a new subscriber's first message is the marker after it.
+mpub -t interop/retained -q 1 -r -n
+msub ret3 -t interop/retained -q 1 -C 1 -W "$T"
+mpub -t interop/retained -q 1 -m marker
+finish ret3
+expect ret3 "retained message cleared by an empty retained publish (-r -n)" "MSG 1 0 interop/retained marker"
+
+# --- will -------------------------------------------------------------------------------------
+# A client whose process is killed (the kernel closes its socket, no DISCONNECT) -> will published.
+msub will1 -t interop/will/kill -q 1 -C 1 -W "$T"
+# (No timeout wrapper: --mode hold exits by itself after --timeout, and $! is python's PID.)
+"${PAHO[@]}" --port "$PORT" --timeout "$T" --client-id interop-will-kill \
+    will --will-topic interop/will/kill --will-payload "gone-kill" --qos 1 --mode hold \
+    >"$TMP/will1.paho" 2>&1 &
+WILL_PID=$!
+wait_for "$TMP/will1.paho" '^READY' && kill -9 "$WILL_PID"
+{ wait "$WILL_PID"; } 2>/dev/null
+finish will1
+expect will1 "will published when the client process is killed (SIGKILL)" "MSG 1 0 interop/will/kill gone-kill"
+
+# The socket is closed without DISCONNECT while the process lives on -> will published.
+msub will2 -t interop/will/drop -q 1 -C 1 -W "$T"
+paho --client-id interop-will-drop will --will-topic interop/will/drop --will-payload "gone-drop" \
+    --qos 1 --mode drop >"$TMP/will2.paho" 2>&1
+finish will2
+expect will2 "will published when the socket closes without DISCONNECT" "MSG 1 0 interop/will/drop gone-drop"
+
+# A clean DISCONNECT discards the will: the subscriber's first message is the marker after it.
+msub will3 -t interop/will/clean -q 1 -C 1 -W "$T"
+paho --client-id interop-will-clean will --will-topic interop/will/clean --will-payload "gone-clean" \
+    --qos 1 --mode disconnect >"$TMP/will3.paho" 2>&1
+sleep 0.5
+mpub -t interop/will/clean -q 1 -m marker
+finish will3
+expect will3 "no will after a clean DISCONNECT" "MSG 1 0 interop/will/clean marker"
+
+# --- persistent sessions ----------------------------------------------------------------------
+# mosquitto_sub -c: subscribe, exit (-E), messages published meanwhile are queued, then resumed.
+timeout "$T" mosquitto_sub "${H[@]}" -c -i interop-persist-mosq -q 1 -t interop/persist/mosq -E \
+    >"$TMP/pers1.first" 2>&1
+printf 'q1\nq2\nq3\n' | mpub -t interop/persist/mosq -q 1 -l
+timeout $((T + 5)) mosquitto_sub "${H[@]}" -F "$FMT" -c -i interop-persist-mosq -q 1 \
+    -t interop/persist/mosq -C 3 -W "$T" >"$TMP/pers1.out" 2>&1
+grep '^MSG ' "$TMP/pers1.out" >"$TMP/pers1.got"
+expect pers1 "mosquitto_sub -c: messages queued while offline are delivered on resume" \
+    "MSG 1 0 interop/persist/mosq q1" "MSG 1 0 interop/persist/mosq q2" "MSG 1 0 interop/persist/mosq q3"
+
+# paho clean_session=False: first connect has session present 0; the resumed one has 1 and gets
+# the queued messages without subscribing again.
+paho --client-id interop-persist-paho sub --no-clean --topic interop/persist/paho --qos 2 --count 0 \
+    >"$TMP/pers2.first" 2>&1
+if grep -q '^CONNACK sp=0 rc=0' "$TMP/pers2.first" && grep -q '^READY' "$TMP/pers2.first"; then
+    pass "paho clean_session=False: first CONNACK has session present = 0"
+else
+    fail "paho clean_session=False: first CONNACK has session present = 0" "$TMP/pers2.first"
+fi
+mpub -t interop/persist/paho -q 1 -m r1
+mpub -t interop/persist/paho -q 2 -m r2
+paho --client-id interop-persist-paho sub --no-clean --no-subscribe --count 2 >"$TMP/pers2.out" 2>&1
+grep '^MSG ' "$TMP/pers2.out" >"$TMP/pers2.got"
+if grep -q '^CONNACK sp=1 rc=0' "$TMP/pers2.out"; then
+    pass "paho clean_session=False: resumed CONNACK has session present = 1"
+else
+    fail "paho clean_session=False: resumed CONNACK has session present = 1" "$TMP/pers2.out"
+fi
+expect pers2 "paho clean_session=False: queued QoS 1 and 2 messages delivered on resume" \
+    "MSG 1 0 interop/persist/paho r1" "MSG 2 0 interop/persist/paho r2"
+
+# A clean session discards the stored one: session present = 0 again.
+paho --client-id interop-persist-paho sub --no-subscribe --count 0 >"$TMP/pers3.out" 2>&1
+if grep -q '^CONNACK sp=0 rc=0' "$TMP/pers3.out"; then
+    pass "clean_session=True after a persistent session: session present = 0"
+else
+    fail "clean_session=True after a persistent session: session present = 0" "$TMP/pers3.out"
+fi
+
+# --- shutdown ---------------------------------------------------------------------------------
+kill -TERM "$BROKER_PID"
+BROKER_RC=""
+for _ in $(seq $((T * 10))); do
+    if ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        wait "$BROKER_PID"
+        BROKER_RC=$?
+        break
+    fi
+    sleep 0.1
+done
+if [[ "$BROKER_RC" == 0 ]]; then
+    BROKER_PID=""
+    pass "broker exits 0 on SIGTERM"
+else
+    fail "broker exits 0 on SIGTERM (exit status: ${BROKER_RC:-still running})" "$TMP/broker.log"
+fi
+
+if ((FAILED > 0)); then
+    echo "--- broker log (last 40 lines) ---"
+    tail -n 40 "$TMP/broker.log"
+fi
+echo "$PASSED passed, $FAILED failed"
+((FAILED == 0))
