@@ -56,11 +56,12 @@ pub(crate) async fn accept_loop(
             drop(stream);
             continue;
         };
-        let span = info_span!("conn", client_id = field::Empty);
+        // Every log line of the connection carries its peer address and (after CONNECT) client id.
+        let span = info_span!("conn", %peer, client_id = field::Empty);
         let (ctx, token) = (ctx.clone(), shutdown.clone());
         tracker.spawn(
             async move {
-                run_connection(stream, peer, ctx, token).await;
+                run_connection(stream, ctx, token).await;
                 drop(permit);
             }
             .instrument(span),

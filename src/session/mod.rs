@@ -9,7 +9,6 @@ mod will;
 
 pub(crate) use auth::Auth;
 
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,7 +79,6 @@ pub(crate) enum DisconnectReason {
 /// Serves one accepted TCP connection until it ends. Never panics on client input.
 pub(crate) async fn run_connection(
     stream: TcpStream,
-    peer: SocketAddr,
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
@@ -92,35 +90,35 @@ pub(crate) async fn run_connection(
     };
     let connect = match first {
         Err(_) => {
-            info!(%peer, "closed: no CONNECT within limits.connect_timeout_ms");
+            info!("closed: no CONNECT within limits.connect_timeout_ms");
             return;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(_))) => {
-            warn!(%peer, "[MQTT-3.1.0-1] first packet is not CONNECT: closing");
+            warn!("[MQTT-3.1.0-1] first packet is not CONNECT: closing");
             return;
         }
         Ok(Ok(None)) => {
-            debug!(%peer, "closed before CONNECT");
+            debug!("closed before CONNECT");
             return;
         }
         Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
-            warn!(%peer, level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
+            warn!(level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
             codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return;
         }
         Ok(Err(ReadError::Protocol(e))) => {
-            warn!(%peer, error = %e, "protocol violation before CONNECT: closing");
+            warn!(error = %e, "protocol violation before CONNECT: closing");
             return;
         }
         Ok(Err(ReadError::Io(e))) => {
-            debug!(%peer, error = %e, "socket error before CONNECT");
+            debug!(error = %e, "socket error before CONNECT");
             return;
         }
     };
-    let Some((mut conn, kick)) = accept_connect(io, connect, peer, &ctx).await else {
+    let Some((mut conn, kick)) = accept_connect(io, connect, &ctx).await else {
         return;
     };
     let reason = conn.serve(kick, &shutdown).await;
@@ -131,14 +129,13 @@ pub(crate) async fn run_connection(
 async fn accept_connect(
     mut io: Io,
     c: Connect,
-    peer: SocketAddr,
     ctx: &Arc<ConnContext>,
 ) -> Option<(Connection, oneshot::Receiver<Kick>)> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
     let client_id: ClientId = if c.client_id.is_empty() {
         if !c.clean_session {
-            info!(%peer, "[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
+            info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
@@ -154,7 +151,7 @@ async fn accept_connect(
         .permits(c.username.as_deref(), c.password.as_deref())
     {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        warn!(%peer, client_id = %client_id, username = ?c.username, "not authorized: refused (0x05)");
+        warn!(username = ?c.username, "not authorized: refused (0x05)");
         refuse(&mut io, connack::NOT_AUTHORIZED);
         let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
         return None;
@@ -164,8 +161,6 @@ async fn accept_connect(
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     info!(
-        %peer,
-        client_id = %client_id,
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,
@@ -178,7 +173,6 @@ async fn accept_connect(
         session: attached.session,
         conn_id: attached.conn_id,
         client_id,
-        peer,
         will: c.will,
         keep_alive,
         last_seen: Instant::now(),
@@ -237,7 +231,6 @@ struct Connection {
     session: Arc<Session>,
     conn_id: u64,
     client_id: ClientId,
-    peer: SocketAddr,
     will: Option<codec::Will>,
     keep_alive: Option<Duration>,
     last_seen: Instant,
@@ -593,7 +586,7 @@ impl Connection {
                 Ok(_) => codes.push(0x80),
                 Err(e) => {
                     // [MQTT-4.7.1] an invalid filter fails alone, with return code 0x80.
-                    info!(client_id = %self.client_id, error = %e, "invalid topic filter: SUBACK 0x80");
+                    info!(error = %e, "invalid topic filter: SUBACK 0x80");
                     codes.push(0x80);
                 }
             }
@@ -661,7 +654,7 @@ impl Connection {
                 o.pkid,
             ) {
                 // Cannot happen for messages that came in through the codec; never panic.
-                error!(client_id = %self.client_id, error = %e, "cannot encode a delivery; skipped");
+                error!(error = %e, "cannot encode a delivery; skipped");
             }
         }
         self.pending_drain = more;
@@ -683,7 +676,7 @@ impl Connection {
                         true,
                         e.pkid,
                     ) {
-                        error!(client_id = %self.client_id, error = %err, "cannot re-encode an in-flight message");
+                        error!(error = %err, "cannot re-encode an in-flight message");
                     }
                 }
                 InflightState::Released => codec::encode_pubrel(&mut self.io.wbuf, e.pkid),
@@ -707,18 +700,17 @@ impl Connection {
                 self.ctx.broker.publish(will::into_message(w));
             }
         }
-        let (id, peer) = (&self.client_id, self.peer);
         match &reason {
             DisconnectReason::Protocol(e) => {
-                warn!(client_id = %id, %peer, error = %e, "disconnected: protocol violation")
+                warn!(error = %e, "disconnected: protocol violation")
             }
             DisconnectReason::Violation(rule) => {
-                warn!(client_id = %id, %peer, rule, "disconnected: protocol violation")
+                warn!(rule, "disconnected: protocol violation")
             }
             DisconnectReason::Io(e) => {
-                info!(client_id = %id, %peer, error = %e, "disconnected: socket error")
+                info!(error = %e, "disconnected: socket error")
             }
-            other => info!(client_id = %id, %peer, reason = ?other, "disconnected"),
+            other => info!(reason = ?other, "disconnected"),
         }
     }
 }
