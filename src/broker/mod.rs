@@ -331,6 +331,7 @@ impl Broker {
                 retain: false,
                 seq: 0,
             };
+            let qos = d.qos;
             let offer = session.offer(
                 d,
                 &inner.limits,
@@ -339,15 +340,19 @@ impl Broker {
                 &inner.store,
             );
             if offer == Offer::Full {
-                self.note_drop(&session);
+                self.note_drop(&session, qos);
             }
         }
     }
 
-    /// Counts a drop and warns at most once a second.
-    fn note_drop(&self, session: &Session) {
+    /// Counts a drop; a QoS 1/2 drop also warns, at most once a second (QoS 0 drops are only
+    /// counted, as Mosquitto does: QoS 0 promises nothing).
+    fn note_drop(&self, session: &Session, qos: QoS) {
         let inner = &*self.inner;
         let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if qos == QoS::AtMostOnce {
+            return;
+        }
         let now_s = inner.start.elapsed().as_secs() + 1;
         let last = inner.stats.last_drop_warn_s.load(Ordering::Relaxed);
         if now_s > last

@@ -14,6 +14,9 @@ use crate::protocol::codec::{decode, Packet};
 
 /// Bytes reserved for each read when the buffer is empty.
 const READ_CHUNK: usize = 4096;
+/// Bytes read per turn of the session loop before it handles them and lets other tasks run:
+/// keeps one flooding publisher from filling every subscriber queue in a single turn.
+const READ_BUDGET: usize = 64 * 1024;
 /// Above this many pending output bytes the session stops producing (backpressure).
 pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
@@ -85,9 +88,9 @@ impl Io {
             match self.stream.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
-                    // A full chunk suggests more is waiting; keep reading, but bounded by
-                    // the packet size limit plus one chunk.
-                    if n < READ_CHUNK || self.rbuf.len() > self.max_packet_size + READ_CHUNK {
+                    // A full chunk suggests more is waiting; keep reading up to the budget
+                    // (a bigger packet completes over several turns).
+                    if n < READ_CHUNK || self.rbuf.len() >= READ_BUDGET {
                         return Ok(true);
                     }
                 }
