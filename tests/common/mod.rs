@@ -843,3 +843,34 @@ impl Client {
         }
     }
 }
+
+impl BrokerProc {
+    /// Waits until the log shows at least `count` ends of connections of `client_id` (a
+    /// "disconnected" line naming it as an event field or in the connection span).
+    pub fn wait_disconnected(&self, client_id: &str, count: usize) -> String {
+        let forms = [
+            format!("client_id={client_id} "),
+            format!("client_id={client_id}}}"),
+            format!("client_id=\"{client_id}\""),
+        ];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            let n = log
+                .lines()
+                .filter(|l| {
+                    l.contains("disconnected") && forms.iter().any(|f| l.contains(f.as_str()))
+                })
+                .count();
+            if n >= count {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "log never showed {count} disconnects of {client_id:?} (saw {n}); log:\n{log}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The process boundary: SIGTERM/SIGINT shut down cleanly and quickly; the command line
+//! (`--check-config`, `--config`, `--print-default-config`); `bind` with port 0.
+
+mod common;
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs brokerd with `args`, killing it if it runs longer than `limit`; returns
+/// (status or None if it had to be killed, stdout, stderr).
+fn run_brokerd(args: &[&str], cwd: &Path, limit: Duration) -> (Option<ExitStatus>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn brokerd");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out_t.join().unwrap(), err_t.join().unwrap())
+}
+
+/// Signals the broker with connected clients and checks the clean, quick exit.
+fn shutdown_on(sig: &str) {
+    let mut b = BrokerProc::start("");
+    let mut sub = Raw::connected(b.addr, "sub");
+    sub.subscribe(1, "t", 1);
+    let mut idle = Raw::connected(b.addr, "idle");
+    let (mut persistent, _) = Raw::connected_with(b.addr, "persistent", false);
+    let addr = b.addr;
+
+    let t0 = Instant::now();
+    b.signal(sig);
+    let status = b.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "brokerd still running 5 s after SIG{sig}; log:\n{}",
+            b.log()
+        )
+    });
+    let took = t0.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status} after SIG{sig}; log:\n{}",
+        b.log()
+    );
+    eprintln!("SIG{sig}: exited 0 in {took:?}");
+
+    // Every client sees its connection closed (EOF), with nothing sent before.
+    sub.expect_closed();
+    idle.expect_closed();
+    persistent.expect_closed();
+    // The listener is gone with the process: a new connection is refused.
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "something still accepts on {addr} after shutdown"
+    );
+    let log = b.log();
+    assert!(log.contains("shutdown requested"), "log:\n{log}");
+}
+
+/// (our choice) SIGTERM with connected clients: exit code 0 within the grace period, every
+/// client's connection closed, nothing accepts any more.
+#[test]
+fn sigterm_closes_clients_and_exits_zero() {
+    shutdown_on("TERM");
+}
+
+/// (our choice) SIGINT behaves like SIGTERM.
+#[test]
+fn sigint_closes_clients_and_exits_zero() {
+    shutdown_on("INT");
+}
+
+/// (our choice) a client that stopped reading (its socket buffers full) does not hold up
+/// shutdown: exit 0 well within the grace period.
+#[test]
+fn sigterm_with_a_stuck_client_exits_within_grace() {
+    let mut b = BrokerProc::start("[listener]\nshutdown_grace_ms = 2000\n");
+    let mut stuck = Raw::connected(b.addr, "stuck");
+    stuck.subscribe(1, "fill", 0);
+    let mut p = Raw::connected(b.addr, "filler");
+    let payload = vec![0u8; 60 * 1024];
+    for i in 1..=150u16 {
+        p.send(&publish_packet("fill", 1, false, false, i, &payload));
+        assert_eq!(p.expect_packet("PUBACK"), ack_packet(0x40, i));
+    }
+    let t0 = Instant::now();
+    b.signal("TERM");
+    let status = b
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", b.log()));
+    let took = t0.elapsed();
+    eprintln!("SIGTERM with a stuck client: exited in {took:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_millis(3000),
+        "took {took:?} with a 2 s grace"
+    );
+    drop(stuck);
+}
+
+/// (our choice) `--check-config` on a valid file exits 0 and does not bind: the address it
+/// names is held by the test, so binding it would fail.
+#[test]
+fn check_config_accepts_a_valid_file_without_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listener]\nbind = \"{}\"\n[limits]\nmax_inflight = 5\n",
+            held.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run_brokerd(
+        &["--check-config", path.to_str().unwrap()],
+        dir.path(),
+        WAIT,
+    );
+    let status = status.expect("--check-config did not exit");
+    assert!(status.success(), "status {status}; stderr:\n{err}");
+    assert!(!out.contains("listening on"), "stdout: {out}");
+    drop(held);
+}
+
+/// (our choice) `--check-config` on an invalid file (unknown key, bad value, wrong type) exits
+/// non-zero, names the key and the file, and never listens.
+#[test]
+fn check_config_rejects_invalid_files_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown.toml", "[limits]\nmax_inflite = 3\n", "max_inflite"),
+        (
+            "badvalue.toml",
+            "[limits]\nmax_inflight = 0\n",
+            "max_inflight",
+        ),
+        (
+            "badtype.toml",
+            "[limits]\nmax_inflight = \"x\"\n",
+            "max_inflight",
+        ),
+        ("badbind.toml", "[listener]\nbind = \"nowhere\"\n", "bind"),
+        ("unknownsection.toml", "[nope]\nx = 1\n", "nope"),
+    ];
+    for (file, text, key) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let (status, out, err) = run_brokerd(
+            &["--check-config", path.to_str().unwrap()],
+            dir.path(),
+            WAIT,
+        );
+        let status = status.unwrap_or_else(|| panic!("{file}: --check-config did not exit"));
+        assert!(!status.success(), "{file}: accepted; stdout {out}");
+        assert!(
+            err.contains(key),
+            "{file}: stderr does not name {key:?}:\n{err}"
+        );
+        assert!(
+            err.contains(file),
+            "{file}: stderr does not name the file:\n{err}"
+        );
+        assert!(!out.contains("listening on"), "{file}: stdout {out}");
+    }
+}
+
+/// (our choice) `--config` with an invalid file exits non-zero before binding: no
+/// `listening on` line, the key and the file named, and the port it names stays free.
+#[test]
+fn config_with_invalid_file_exits_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!("[listener]\nbind = \"{free}\"\n[limits]\nmax_packet_size = 300000000\n"),
+    )
+    .unwrap();
+    let (status, out, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
+    let status = status.expect("brokerd with a bad config did not exit (did it start?)");
+    assert!(
+        !status.success(),
+        "started with an invalid config; stdout {out}"
+    );
+    assert!(out.is_empty(), "stdout must stay empty, got {out:?}");
+    assert!(
+        err.contains("max_packet_size") && err.contains("bad.toml"),
+        "stderr:\n{err}"
+    );
+}
+
+/// `--print-default-config` prints config/broker.toml byte for byte.
+#[test]
+fn print_default_config_equals_sample_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, out, err) = run_brokerd(&["--print-default-config"], dir.path(), WAIT);
+    assert!(status.expect("did not exit").success(), "stderr:\n{err}");
+    let sample =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/broker.toml"))
+            .unwrap();
+    assert!(
+        out == sample,
+        "--print-default-config differs from config/broker.toml"
+    );
+}
+
+/// `bind = "127.0.0.1:0"` picks a free port, prints it as `listening on 127.0.0.1:<port>`,
+/// and that port speaks MQTT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_port_zero_prints_the_real_port_and_serves_mqtt() {
+    let b = BrokerProc::start("");
+    assert_eq!(b.addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(b.port(), 0, "printed port 0");
+    let mut c = connect(b.addr, "bind-test").await;
+    c.subscribe("port/zero", rumqttc::QoS::AtLeastOnce).await;
+    c.publish("port/zero", rumqttc::QoS::AtLeastOnce, false, "hi")
+        .await;
+    let p = c.next_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("port/zero", &b"hi"[..])
+    );
+}
