@@ -58,12 +58,18 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(brokerd::run(config, shutdown_signal(), |addr| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {addr}");
-        let _ = out.flush();
-    }))?;
-    Ok(())
+    runtime.block_on(async {
+        // Installed before the listener is announced: a SIGTERM right after `listening on`
+        // must shut down cleanly, not kill the process with the default action.
+        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        brokerd::run(config, shutdown, |addr| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {addr}");
+            let _ = out.flush();
+        })
+        .await?;
+        anyhow::Ok(())
+    })
 }
 
 /// Logs go to stderr (stdout carries only the `listening on ADDR` line); RUST_LOG wins over
@@ -83,25 +89,24 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Installs SIGINT and SIGTERM handlers now; the returned future resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }

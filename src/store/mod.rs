@@ -8,17 +8,20 @@ mod sled_backend;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{OnCorrupt, PersistenceConfig, SyncMode};
 
 pub(crate) use sled_backend::SledBackend;
+
+/// How long `close` waits for the writer to flush and stop.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure of the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -153,11 +156,14 @@ struct Shared {
     sync: SyncMode,
 }
 
+/// The writer thread and a channel that disconnects when it ends.
+type Writer = (JoinHandle<()>, mpsc::Receiver<()>);
+
 /// Handle to the store; cheap to clone. `Store::disabled()` makes every call a no-op.
 #[derive(Clone, Default)]
 pub(crate) struct Store {
     shared: Option<Arc<Shared>>,
-    writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
+    writer: Option<Arc<Mutex<Option<Writer>>>>,
 }
 
 impl Store {
@@ -201,9 +207,15 @@ impl Store {
         });
         let interval = Duration::from_millis(config.flush_interval_ms);
         let writer_shared = shared.clone();
+        let (path, sync) = (config.path.clone(), config.sync);
+        let reopen = move || SledBackend::open(&path, sync);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("brokerd-store".into())
-            .spawn(move || writer_loop(backend, &writer_shared, interval))
+            .spawn(move || {
+                let _done = done_tx;
+                writer_loop(backend, &writer_shared, interval, reopen);
+            })
             .map_err(|source| StoreError::Dir {
                 path: config.path.clone(),
                 source,
@@ -211,7 +223,7 @@ impl Store {
         Ok((
             Store {
                 shared: Some(shared),
-                writer: Some(Arc::new(Mutex::new(Some(handle)))),
+                writer: Some(Arc::new(Mutex::new(Some((handle, done_rx))))),
             },
             snapshot,
         ))
@@ -264,8 +276,18 @@ impl Store {
         };
         lock(&shared.pending).stopping = true;
         shared.wake.notify_one();
-        if let Some(h) = lock(writer).take() {
-            let _ = h.join();
+        let Some((handle, done)) = lock(writer).take() else {
+            return;
+        };
+        // Bounded: a storage engine wedged in I/O must not keep the process from exiting.
+        match done.recv_timeout(CLOSE_TIMEOUT) {
+            Err(mpsc::RecvTimeoutError::Timeout) => error!(
+                timeout_s = CLOSE_TIMEOUT.as_secs(),
+                "persistence writer did not finish; exiting without flushing pending state"
+            ),
+            _ => {
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -300,15 +322,43 @@ fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, Sto
 }
 
 /// The writer: takes every pending operation at once, applies them, flushes per the sync
-/// mode, then publishes the durable ticket. On an engine error (disk full, I/O) it logs, keeps
-/// the batch, and retries; tickets are not reported durable meanwhile, so acknowledgements
-/// that wait for them are withheld and clients retry.
-fn writer_loop(mut backend: SledBackend, shared: &Shared, interval: Duration) {
+/// mode, then publishes the durable ticket. On an engine error (disk full, I/O) it logs and
+/// retries every 500 ms; tickets are not reported durable meanwhile, so acknowledgements that
+/// wait for them are withheld and clients retry. sled 0.34 makes any I/O error sticky (every
+/// later call fails until the database is reopened), so a retry drops the engine, reopens the
+/// directory (which recovers what reached the disk) and re-applies, in order, the operations
+/// applied since the last successful flush plus the failed batch. Every operation sets or
+/// removes keys, so re-applying a suffix over state that already holds part of it is exact.
+/// With sync = "off" nothing is flushed explicitly, so a reopen loses what sled had not yet
+/// written, as a crash would.
+fn writer_loop(
+    backend: SledBackend,
+    shared: &Shared,
+    interval: Duration,
+    reopen: impl Fn() -> Result<SledBackend, StoreError>,
+) {
+    let mut backend = Some(backend);
     let mut batch: Vec<Op> = Vec::new();
+    // Applied since the last successful flush (not kept for sync = "off").
+    let mut unflushed: Vec<Op> = Vec::new();
     let mut batch_ticket = 0;
     let mut last_flush = Instant::now();
     let mut dirty = false;
     let mut failing = false;
+    let retry = |failing: &mut bool,
+                 backend: &mut Option<SledBackend>,
+                 what: &str,
+                 e: StoreError| {
+        if !*failing {
+            error!(error = %e, "persistence {what} failed; acknowledgements withheld, retrying");
+            *failing = true;
+        } else {
+            debug!(error = %e, "persistence {what} failed again");
+        }
+        // Drop the engine (and its file lock) before reopening.
+        *backend = None;
+        std::thread::sleep(Duration::from_millis(500));
+    };
     loop {
         let stopping = {
             let mut p = lock(&shared.pending);
@@ -334,22 +384,41 @@ fn writer_loop(mut backend: SledBackend, shared: &Shared, interval: Duration) {
             batch_ticket = batch_ticket.max(p.last_ticket);
             p.stopping
         };
+        let Some(engine) = backend.as_mut() else {
+            match reopen() {
+                Ok(b) => {
+                    backend = Some(b);
+                    // Re-apply what the dropped engine may not have written.
+                    unflushed.append(&mut batch);
+                    batch = std::mem::take(&mut unflushed);
+                    dirty = false;
+                }
+                Err(e) => {
+                    if stopping {
+                        error!(error = %e, lost_ops = batch.len() + unflushed.len(), "shutting down with unwritten state");
+                        return;
+                    }
+                    retry(&mut failing, &mut backend, "reopen", e);
+                }
+            }
+            continue;
+        };
         if !batch.is_empty() {
-            match backend.apply(&batch) {
+            match engine.apply(&batch) {
                 Ok(()) => {
-                    batch.clear();
+                    if shared.sync == SyncMode::Off {
+                        batch.clear();
+                    } else {
+                        unflushed.append(&mut batch);
+                    }
                     dirty = true;
                 }
                 Err(e) => {
-                    if !failing {
-                        error!(error = %e, "persistence write failed; acknowledgements withheld, retrying");
-                        failing = true;
-                    }
                     if stopping {
-                        error!(lost_ops = batch.len(), "shutting down with unwritten state");
+                        error!(error = %e, lost_ops = batch.len() + unflushed.len(), "shutting down with unwritten state");
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(500));
+                    retry(&mut failing, &mut backend, "write", e);
                     continue;
                 }
             }
@@ -360,17 +429,15 @@ fn writer_loop(mut backend: SledBackend, shared: &Shared, interval: Duration) {
             SyncMode::Off => dirty && stopping,
         };
         if flush_now {
-            if let Err(e) = backend.flush() {
-                if !failing {
-                    error!(error = %e, "persistence flush failed; acknowledgements withheld, retrying");
-                    failing = true;
-                }
+            if let Err(e) = engine.flush() {
                 if stopping {
+                    error!(error = %e, lost_ops = unflushed.len(), "shutting down with unwritten state");
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                retry(&mut failing, &mut backend, "flush", e);
                 continue;
             }
+            unflushed.clear();
             dirty = false;
             last_flush = Instant::now();
         }

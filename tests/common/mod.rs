@@ -874,3 +874,15 @@ impl BrokerProc {
         }
     }
 }
+
+// ---- Added for persistence.rs (append-only) ----
+
+impl BrokerProc {
+    /// The directory of a broker whose process has already exited (see `wait_exit`), to
+    /// restart on the same data; kills it first if it has not.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+}
