@@ -319,3 +319,64 @@ fn idle_connections_cost_little_memory() {
     assert!(per_conn < 16.0, "{per_conn:.2} KiB per idle connection");
     drop(warm);
 }
+
+/// Checklist "a slow or vanished subscriber slows only itself", the other way round: clients
+/// that flood the broker without pause must not starve a subscriber that reads. Two raw
+/// publishers each write 200,000 QoS 0 messages as fast as the socket takes them; the
+/// subscriber, reading all along, must get far more than one queue's worth
+/// (max_queued_messages + max_inflight) before the end-of-flood marker. (A session task that never yielded its worker thread let the
+/// subscriber receive only its first queue-full, then nothing until the flood ended.)
+#[test]
+fn flooding_publishers_do_not_starve_a_reading_subscriber() {
+    let b = BrokerProc::start("");
+    let mut sub = Raw::connected(b.addr, "reader");
+    sub.subscribe(1, "flood/#", 0);
+    let addr = b.addr;
+    let reader = std::thread::spawn(move || {
+        let mut received = 0usize;
+        loop {
+            let Some(p) = sub.read_packet() else {
+                return Err(received);
+            };
+            let (_, _, _, topic, _, _) = parse_publish(&p);
+            if topic == "flood/end" {
+                return Ok(received);
+            }
+            received += 1;
+        }
+    });
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut raw = Raw::connected(addr, &format!("flooder-{p}"));
+                let one = publish_packet(&format!("flood/{p}"), 0, false, false, 0, &[7u8; 64]);
+                let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+                for _ in 0..200 {
+                    raw.send(&chunk);
+                }
+                raw
+            })
+        })
+        .collect();
+    let flooders: Vec<Raw> = publishers
+        .into_iter()
+        .map(|h| h.join().expect("publisher thread"))
+        .collect();
+    // The marker is QoS 0 like the flood, so a full queue may drop it too: repeat it until the
+    // reader has seen it (bounded by WAIT).
+    let mut marker = Raw::connected(b.addr, "marker");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        marker.send(&publish_packet("flood/end", 0, false, false, 0, b"end"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let received = reader
+        .join()
+        .expect("reader thread")
+        .unwrap_or_else(|n| panic!("subscriber lost after {n} messages; log:\n{}", b.log()));
+    drop(flooders);
+    assert!(
+        received > 5_000,
+        "the reading subscriber got only {received} of 400,000 flooded messages"
+    );
+}

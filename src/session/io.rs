@@ -20,6 +20,17 @@ const READ_BUDGET: usize = 64 * 1024;
 /// Above this many pending output bytes the session stops producing (backpressure).
 pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
+/// How a non-blocking read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// The socket has nothing more right now.
+    Drained,
+    /// The per-turn budget is used up and more is probably waiting.
+    Budget,
+    /// The peer closed its side.
+    Eof,
+}
+
 /// Why reading the next packet failed.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -81,20 +92,23 @@ impl Io {
         }
     }
 
-    /// Reads what the socket has without waiting. Returns Ok(false) on EOF.
-    pub(crate) fn try_fill(&mut self) -> io::Result<bool> {
+    /// Reads what the socket has without waiting, up to the per-turn budget.
+    pub(crate) fn try_fill(&mut self) -> io::Result<Fill> {
         loop {
             self.rbuf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Ok(false),
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
                     // A full chunk suggests more is waiting; keep reading up to the budget
                     // (a bigger packet completes over several turns).
-                    if n < READ_CHUNK || self.rbuf.len() >= READ_BUDGET {
-                        return Ok(true);
+                    if n < READ_CHUNK {
+                        return Ok(Fill::Drained);
+                    }
+                    if self.rbuf.len() >= READ_BUDGET {
+                        return Ok(Fill::Budget);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

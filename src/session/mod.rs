@@ -30,7 +30,7 @@ use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Connect, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{Op, StoredState};
 use crate::topic::{has_forbidden_char, ClientId};
-use io::{Io, ReadError, WRITE_HIGH_WATER};
+use io::{Fill, Io, ReadError, WRITE_HIGH_WATER};
 
 /// CONNACK return codes ([MQTT-3.2.2]).
 mod connack {
@@ -346,19 +346,26 @@ impl Connection {
                     ka_timer.as_mut().reset(deadline);
                 }
                 Event::Readable(Ok(())) => {
-                    let open = match self.io.try_fill() {
-                        Ok(open) => open,
+                    let fill = match self.io.try_fill() {
+                        Ok(fill) => fill,
                         Err(e) => return DisconnectReason::Io(e),
                     };
                     if let Err(reason) = self.process_input() {
                         return reason;
                     }
-                    if !open {
-                        return if self.io.has_partial_input() {
-                            DisconnectReason::Io(std::io::ErrorKind::UnexpectedEof.into())
-                        } else {
-                            DisconnectReason::PeerClosed
-                        };
+                    match fill {
+                        Fill::Eof => {
+                            return if self.io.has_partial_input() {
+                                DisconnectReason::Io(std::io::ErrorKind::UnexpectedEof.into())
+                            } else {
+                                DisconnectReason::PeerClosed
+                            };
+                        }
+                        // A client that always has more to send would otherwise keep this
+                        // worker thread forever (readiness does not count against tokio's
+                        // cooperative budget): let the other connections run.
+                        Fill::Budget => tokio::task::yield_now().await,
+                        Fill::Drained => {}
                     }
                 }
             }
