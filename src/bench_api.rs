@@ -83,7 +83,7 @@ impl Router {
         let mut sessions = Vec::with_capacity(n);
         let mut conn_ids = Vec::with_capacity(n);
         for i in 0..n {
-            let attached = broker.attach(&format!("bench-{i}").into(), true);
+            let attached = broker.attach(&format!("bench-{i}").into(), true, None);
             broker.subscribe(&attached.session, &f, QoS::AtMostOnce);
             conn_ids.push(attached.conn_id);
             sessions.push(attached.session);

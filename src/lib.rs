@@ -54,6 +54,10 @@ use tracing::{info, warn};
 
 pub use config::{Config, ConfigError};
 
+/// How often keep-alive deadlines are checked: a silent client is closed between 1.5 x its
+/// keep-alive and that plus this period.
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +108,20 @@ pub async fn run(
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    {
+        // [MQTT-3.1.2-24] one sweep for every connection's keep-alive, instead of a timer each.
+        let (broker, token) = (broker.clone(), token.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => broker.sweep_keep_alive(),
+                }
+            }
+        });
+    }
     if config.session.expiry_s > 0 {
         let (broker, token) = (broker.clone(), token.clone());
         let max_age = Duration::from_secs(config.session.expiry_s);
@@ -134,9 +152,11 @@ pub async fn run(
     // Phase 1: stop accepting and publish every will while all connections are still up, and
     // give their deliveries a moment to go out. Phase 2: close every connection.
     closing.cancel();
+    broker.wake_all();
     let grace = Duration::from_millis(config.listener.shutdown_grace_ms);
     tokio::time::sleep((grace / 10).min(Duration::from_millis(200))).await;
     token.cancel();
+    broker.wake_all();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(

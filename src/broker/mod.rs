@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -23,7 +22,7 @@ use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
 use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
 use crate::topic::{ClientId, TopicFilter, TopicName};
 use queue::{Delivery, InflightState, QueueLimits};
-use registry::{ConnSlot, Kick, Offer, Session};
+use registry::{ConnCtl, ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
 use trie::SubscriptionTrie;
 
@@ -47,10 +46,8 @@ pub(crate) struct Attached {
     pub(crate) conn_id: u64,
     /// [MQTT-3.2.2-2, -3] a stored session was resumed.
     pub(crate) session_present: bool,
-    /// Fires when the broker wants this connection gone (takeover).
-    pub(crate) kick: oneshot::Receiver<Kick>,
-    /// Signalled when the session queue has something for this connection.
-    pub(crate) wake: Arc<Notify>,
+    /// How the broker wakes and signals this connection.
+    pub(crate) ctl: Arc<ConnCtl>,
 }
 
 /// The shared broker. Cheap to clone; all state lives in `Inner`.
@@ -132,14 +129,19 @@ impl Broker {
     /// it. An existing connection with this id is kicked ([MQTT-3.1.4-2]). With CleanSession=1
     /// on either side the old session is discarded ([MQTT-3.1.2-6]); with both persistent it is
     /// resumed ([MQTT-3.1.2-4]).
-    pub(crate) fn attach(&self, client_id: &ClientId, clean: bool) -> Attached {
+    /// `keep_alive` is the connection's keep-alive, enforced at 1.5 times by `sweep_keep_alive`.
+    pub(crate) fn attach(
+        &self,
+        client_id: &ClientId,
+        clean: bool,
+        keep_alive: Option<Duration>,
+    ) -> Attached {
         let conn_id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (kick_tx, kick_rx) = oneshot::channel();
-        let wake = Arc::new(Notify::new());
+        let expire_after_ms = keep_alive.map_or(0, |ka| (ka * 3 / 2).as_millis() as u64);
+        let ctl = Arc::new(ConnCtl::new(self.clock_ms(), expire_after_ms));
         let slot = ConnSlot {
             id: conn_id,
-            kick: kick_tx,
-            wake: wake.clone(),
+            ctl: ctl.clone(),
         };
         let mut discarded_subs = Vec::new();
         let (session, session_present) = match self.inner.sessions.entry(client_id.clone()) {
@@ -147,8 +149,7 @@ impl Broker {
                 let old = e.get().clone();
                 let mut st = old.lock();
                 if let Some(prev) = st.conn.take() {
-                    // The old connection may already be gone; a failed send is fine.
-                    let _ = prev.kick.send(Kick::TakenOver { new_clean: clean });
+                    prev.ctl.kick(Kick::TakenOver { new_clean: clean });
                 }
                 if clean || old.clean {
                     st.discarded = true;
@@ -184,8 +185,7 @@ impl Broker {
             session,
             conn_id,
             session_present,
-            kick: kick_rx,
-            wake,
+            ctl,
         }
     }
 
@@ -197,6 +197,31 @@ impl Broker {
             });
         }
         s
+    }
+
+    /// Milliseconds since the broker started (the clock of keep-alive).
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.inner.start.elapsed().as_millis() as u64
+    }
+
+    /// [MQTT-3.1.2-24] kicks every connection that received nothing for 1.5 x its keep-alive.
+    /// One periodic sweep for all connections instead of a timer per connection.
+    pub(crate) fn sweep_keep_alive(&self) {
+        let now = self.clock_ms();
+        for s in self.inner.sessions.iter() {
+            if let Some(c) = &s.lock().conn {
+                c.ctl.check_keep_alive(now);
+            }
+        }
+    }
+
+    /// Wakes every attached connection (at shutdown, so each sees the cancelled token).
+    pub(crate) fn wake_all(&self) {
+        for s in self.inner.sessions.iter() {
+            if let Some(c) = &s.lock().conn {
+                c.ctl.wake.notify_one();
+            }
+        }
     }
 
     /// Detaches connection `conn_id` from its session when the connection ends. A clean session

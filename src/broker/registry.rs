@@ -4,11 +4,11 @@
 //! `.await`; only the attached connection (matching `ConnSlot::id`) may take from the queue.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use super::queue::{Delivery, Outbound, QueueLimits};
 use crate::message::QoS;
@@ -20,18 +20,82 @@ use crate::topic::{ClientId, TopicFilter};
 pub(crate) enum Kick {
     /// [MQTT-3.1.4-2] another connection presented the same client id.
     TakenOver { new_clean: bool },
-    /// The session expired or was removed while the connection was being set up.
-    Removed,
+    /// [MQTT-3.1.2-24] nothing received for 1.5 x keep-alive.
+    KeepAlive,
+}
+
+const SIG_TAKEN_OVER: u8 = 1;
+const SIG_NEW_CLEAN: u8 = 2;
+const SIG_KEEP_ALIVE: u8 = 4;
+
+/// How the broker signals one connection: a `Notify` the connection always waits on, plus
+/// flags saying why it was woken. One waiter per connection (instead of a channel, a timer and
+/// cancellation futures each) keeps an idle connection small.
+#[derive(Debug)]
+pub(crate) struct ConnCtl {
+    /// Woken when the queue goes from empty to non-empty, or when a flag is raised.
+    pub(crate) wake: Notify,
+    flags: AtomicU8,
+    /// Milliseconds (broker clock) when the last packet arrived.
+    last_seen_ms: AtomicU64,
+    /// 1.5 x keep-alive in milliseconds; 0 = keep-alive off.
+    expire_after_ms: u64,
+}
+
+impl ConnCtl {
+    pub(crate) fn new(now_ms: u64, expire_after_ms: u64) -> ConnCtl {
+        ConnCtl {
+            wake: Notify::new(),
+            flags: AtomicU8::new(0),
+            last_seen_ms: AtomicU64::new(now_ms),
+            expire_after_ms,
+        }
+    }
+
+    /// Tells the connection to close.
+    pub(crate) fn kick(&self, why: Kick) {
+        let bits = match why {
+            Kick::TakenOver { new_clean: true } => SIG_TAKEN_OVER | SIG_NEW_CLEAN,
+            Kick::TakenOver { new_clean: false } => SIG_TAKEN_OVER,
+            Kick::KeepAlive => SIG_KEEP_ALIVE,
+        };
+        self.flags.fetch_or(bits, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// The kick raised for this connection, if any.
+    pub(crate) fn kicked(&self) -> Option<Kick> {
+        let f = self.flags.load(Ordering::Acquire);
+        if f & SIG_TAKEN_OVER != 0 {
+            Some(Kick::TakenOver {
+                new_clean: f & SIG_NEW_CLEAN != 0,
+            })
+        } else if f & SIG_KEEP_ALIVE != 0 {
+            Some(Kick::KeepAlive)
+        } else {
+            None
+        }
+    }
+
+    /// Records that a packet arrived.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// [MQTT-3.1.2-24] kicks the connection if nothing arrived for 1.5 x keep-alive.
+    pub(crate) fn check_keep_alive(&self, now_ms: u64) {
+        let last = self.last_seen_ms.load(Ordering::Relaxed);
+        if self.expire_after_ms != 0 && now_ms.saturating_sub(last) >= self.expire_after_ms {
+            self.kick(Kick::KeepAlive);
+        }
+    }
 }
 
 /// The connection currently attached to a session.
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     pub(crate) id: u64,
-    pub(crate) kick: oneshot::Sender<Kick>,
-    /// Wakes this connection when the queue goes from empty to non-empty. Per connection, so
-    /// a connection being taken over cannot swallow a wake-up meant for its successor.
-    pub(crate) wake: Arc<Notify>,
+    pub(crate) ctl: Arc<ConnCtl>,
 }
 
 /// Mutable session state (guarded by `Session::state`).
@@ -133,7 +197,7 @@ impl Session {
                 }
                 if was_empty {
                     if let Some(c) = &st.conn {
-                        c.wake.notify_one();
+                        c.ctl.wake.notify_one();
                     }
                 }
                 Offer::Queued

@@ -9,21 +9,21 @@ mod will;
 
 pub(crate) use auth::Auth;
 
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::VecDeque;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use tokio::sync::{oneshot, watch};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::sync::watch;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Span};
 
 use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
-use crate::broker::registry::{Kick, Session};
+use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
 use crate::error::ProtocolError;
 use crate::message::{Message, QoS};
@@ -68,8 +68,6 @@ pub(crate) enum DisconnectReason {
     Violation(&'static str),
     /// [MQTT-3.1.4-2] another connection took over the client id.
     TakenOver { new_clean: bool },
-    /// The broker removed the session.
-    Removed,
     /// The broker is shutting down.
     ServerShutdown,
     /// A socket error, including EOF inside a packet.
@@ -84,9 +82,17 @@ pub(crate) async fn run_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let mut io = Io::new(stream, ctx.max_packet_size);
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = timeout(ctx.connect_timeout, io.read_packet()) => r,
+    // The CONNECT phase runs in its own heap future, freed once the client is connected, so
+    // the task itself only needs room for the session loop: what an idle connection costs.
+    let first = Box::pin(async {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = timeout(ctx.connect_timeout, io.read_packet()) => Some(r),
+        }
+    })
+    .await;
+    let Some(first) = first else {
+        return;
     };
     let connect = match first {
         Err(_) => {
@@ -118,19 +124,15 @@ pub(crate) async fn run_connection(
             return;
         }
     };
-    let Some((mut conn, kick)) = accept_connect(io, connect, &ctx).await else {
+    let Some(mut conn) = Box::pin(accept_connect(io, connect, &ctx)).await else {
         return;
     };
-    let reason = conn.serve(kick, &shutdown).await;
-    conn.finish(reason).await;
+    let reason = conn.serve(&shutdown).await;
+    Box::pin(conn.finish(reason)).await;
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
-async fn accept_connect(
-    mut io: Io,
-    c: Connect,
-    ctx: &Arc<ConnContext>,
-) -> Option<(Connection, oneshot::Receiver<Kick>)> {
+async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Option<Connection> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
     let client_id: ClientId = if c.client_id.is_empty() {
@@ -156,10 +158,10 @@ async fn accept_connect(
         let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
         return None;
     }
-    let attached = ctx.broker.attach(&client_id, c.clean_session);
+    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
+    let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
     // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
-    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     info!(
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
@@ -173,12 +175,10 @@ async fn accept_connect(
         session: attached.session,
         conn_id: attached.conn_id,
         client_id,
-        will: c.will,
-        keep_alive,
-        last_seen: Instant::now(),
+        will: c.will.map(Box::new),
         pending_drain: true,
         batch: Vec::new(),
-        wake: attached.wake,
+        ctl: attached.ctl,
         flushed: if ctx.broker.store().acks_wait() {
             ctx.broker.store().flushed()
         } else {
@@ -190,7 +190,7 @@ async fn accept_connect(
     };
     // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();
-    Some((conn, attached.kick))
+    Some(conn)
 }
 
 /// [MQTT-3.1.2-24] keep-alive 0 is off; the configured cap applies (an off keep-alive is
@@ -205,9 +205,11 @@ fn effective_keep_alive(requested: u16, max: u16) -> Option<Duration> {
 }
 
 /// Resolves when the durable ticket changes; never, without a store or once it is closed.
-async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>) {
-    if let Some(rx) = rx {
-        if rx.changed().await.is_ok() {
+/// Only polled while acknowledgements wait for the disk; the inner future is boxed so it costs
+/// an idle connection nothing.
+async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>, waiting: bool) {
+    if let (true, Some(rx)) = (waiting, rx) {
+        if Box::pin(rx.changed()).await.is_ok() {
             return;
         }
     }
@@ -231,14 +233,14 @@ struct Connection {
     session: Arc<Session>,
     conn_id: u64,
     client_id: ClientId,
-    will: Option<codec::Will>,
-    keep_alive: Option<Duration>,
-    last_seen: Instant,
+    /// Boxed: most connections have none, and an idle connection should stay small.
+    will: Option<Box<codec::Will>>,
     /// The session queue may have something for us.
     pending_drain: bool,
     /// Reused between drains so moving messages out of the queue does not allocate.
     batch: Vec<Outgoing>,
-    wake: Arc<tokio::sync::Notify>,
+    /// Wakes this connection and says why (queue, takeover, keep-alive).
+    ctl: Arc<ConnCtl>,
     /// The store's durable ticket, when acknowledgements wait for the disk (sync = "always").
     flushed: Option<watch::Receiver<u64>>,
     /// Acknowledgements waiting for their ticket to be durable, in packet order ([MQTT-4.6.0-2]).
@@ -261,14 +263,10 @@ const MAX_PENDING_ACKS: usize = 4096;
 
 /// What woke the session loop.
 enum Event {
-    Shutdown,
-    Kicked(Kick),
     Readable(std::io::Result<()>),
     Writable(std::io::Result<()>),
     Wake,
-    KeepAliveTick,
     Flushed,
-    Closing,
 }
 
 /// Outgoing payload bytes moved from the queue per drain, so one drain stays bounded.
@@ -276,18 +274,28 @@ const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_MESSAGES: usize = 256;
 
 impl Connection {
-    /// The session loop: read packets, deliver queued messages, enforce keep-alive.
-    async fn serve(
-        &mut self,
-        mut kick: oneshot::Receiver<Kick>,
-        shutdown: &CancellationToken,
-    ) -> DisconnectReason {
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut ka_timer = pin!(sleep_until(
-            self.keep_alive
-                .map_or(far, |ka| self.last_seen + ka * 3 / 2)
-        ));
+    /// The session loop: read packets, deliver queued messages. Everything the broker has to
+    /// tell this connection (a queue that filled, takeover, keep-alive expiry, shutdown) arrives
+    /// through the one `ctl.wake` it always waits on and is checked at the top of each turn.
+    async fn serve(&mut self, shutdown: &CancellationToken) -> DisconnectReason {
         loop {
+            if shutdown.is_cancelled() {
+                return DisconnectReason::ServerShutdown;
+            }
+            match self.ctl.kicked() {
+                Some(Kick::TakenOver { new_clean }) => {
+                    return DisconnectReason::TakenOver { new_clean }
+                }
+                Some(Kick::KeepAlive) => return DisconnectReason::KeepAliveTimeout,
+                None => {}
+            }
+            if self.will.is_some() && self.ctx.closing.is_cancelled() {
+                // [MQTT-3.1.2-8] the server is closing the connection: publish the will now,
+                // while subscribers are still connected to receive it.
+                if let Some(w) = self.will.take() {
+                    self.ctx.broker.publish(will::into_message(*w));
+                }
+            }
             if self.pending_drain
                 && self.pending_subacks == 0
                 && self.io.pending_output() < WRITE_HIGH_WATER
@@ -306,45 +314,33 @@ impl Connection {
             // A drain stopped by its per-turn bound leaves more to send, and nothing else may
             // wake us (the queue was never empty, so no notify): come straight back for it.
             let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
+            // One readiness future for both directions (each costs ~150 bytes of task state).
+            let interest = match (has_output, backed_up) {
+                (true, true) => Some(Interest::WRITABLE),
+                (true, false) => Some(Interest::WRITABLE | Interest::READABLE),
+                (false, false) => Some(Interest::READABLE),
+                (false, true) => None,
+            };
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Event::Shutdown,
-                k = &mut kick => Event::Kicked(k.unwrap_or(Kick::Removed)),
-                r = self.io.stream.writable(), if has_output => Event::Writable(r),
-                r = self.io.stream.readable(), if !backed_up => Event::Readable(r),
-                _ = self.wake.notified(), if !backed_up => Event::Wake,
-                _ = &mut ka_timer, if self.keep_alive.is_some() => Event::KeepAliveTick,
-                _ = flushed_changed(&mut self.flushed), if waiting_acks => Event::Flushed,
-                _ = self.ctx.closing.cancelled(), if self.will.is_some() => Event::Closing,
+                _ = self.ctl.wake.notified() => Event::Wake,
+                r = self.io.stream.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => {
+                    match r {
+                        Ok(ready) if ready.is_readable() || ready.is_read_closed() || ready.is_error() => Event::Readable(Ok(())),
+                        Ok(_) => Event::Writable(Ok(())),
+                        Err(e) => Event::Readable(Err(e)),
+                    }
+                }
+                _ = flushed_changed(&mut self.flushed, waiting_acks), if waiting_acks => Event::Flushed,
                 _ = std::future::ready(()), if drain_more => Event::Wake,
             };
             match event {
-                Event::Shutdown => return DisconnectReason::ServerShutdown,
-                Event::Kicked(Kick::TakenOver { new_clean }) => {
-                    return DisconnectReason::TakenOver { new_clean }
-                }
-                Event::Kicked(Kick::Removed) => return DisconnectReason::Removed,
                 Event::Writable(Err(e)) | Event::Readable(Err(e)) => {
                     return DisconnectReason::Io(e)
                 }
                 Event::Writable(Ok(())) => {}
                 Event::Wake => self.pending_drain = true,
                 Event::Flushed => self.release_acks(),
-                Event::Closing => {
-                    // [MQTT-3.1.2-8] the server is closing the connection: publish the will now,
-                    // while subscribers are still connected to receive it.
-                    if let Some(w) = self.will.take() {
-                        self.ctx.broker.publish(will::into_message(w));
-                    }
-                }
-                Event::KeepAliveTick => {
-                    let ka = self.keep_alive.unwrap_or_default() * 3 / 2;
-                    let deadline = self.last_seen + ka;
-                    if Instant::now() >= deadline {
-                        return DisconnectReason::KeepAliveTimeout;
-                    }
-                    ka_timer.as_mut().reset(deadline);
-                }
                 Event::Readable(Ok(())) => {
                     let fill = match self.io.try_fill() {
                         Ok(fill) => fill,
@@ -377,7 +373,7 @@ impl Connection {
         loop {
             match self.io.next_buffered() {
                 Ok(Some(p)) => {
-                    self.last_seen = Instant::now();
+                    self.ctl.touch(self.ctx.broker.clock_ms());
                     self.handle(p)?;
                 }
                 Ok(None) => return Ok(()),
@@ -704,7 +700,7 @@ impl Connection {
         let publish_will = will::should_publish(&reason, self.session.clean);
         if let Some(w) = self.will.take() {
             if publish_will {
-                self.ctx.broker.publish(will::into_message(w));
+                self.ctx.broker.publish(will::into_message(*w));
             }
         }
         match &reason {
