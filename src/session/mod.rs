@@ -4,14 +4,14 @@
 //! future; the end of a connection is logged once, with its `DisconnectReason`.
 
 mod auth;
+mod connect;
 mod io;
 mod will;
 
 pub(crate) use auth::Auth;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::collections::VecDeque;
 use tokio::io::Interest;
@@ -20,24 +20,31 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn, Span};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
 use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
 use crate::error::ProtocolError;
 use crate::message::{Message, QoS};
-use crate::protocol::codec::{self, Connect, Packet, Publish, Subscribe, Unsubscribe};
+use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{Op, StoredState};
-use crate::topic::{has_forbidden_char, ClientId};
-use io::{Fill, Io, ReadError, WRITE_HIGH_WATER};
+use crate::topic::ClientId;
+use io::{Fill, Io, WRITE_HIGH_WATER};
 
-/// CONNACK return codes ([MQTT-3.2.2]).
-mod connack {
-    pub(super) const ACCEPTED: u8 = 0x00;
-    pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
-    pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
-    pub(super) const NOT_AUTHORIZED: u8 = 0x05;
+/// Serves one accepted TCP connection until it ends. Never panics on client input.
+pub(crate) async fn run_connection(
+    stream: TcpStream,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) {
+    // The CONNECT phase runs in its own heap future, freed once the client is connected, so
+    // the task itself only needs room for the session loop: what an idle connection costs.
+    let Some(mut conn) = Box::pin(connect::handshake(stream, &ctx, &shutdown)).await else {
+        return;
+    };
+    let reason = conn.serve(&shutdown).await;
+    Box::pin(conn.finish(reason)).await;
 }
 
 /// What every connection task shares.
@@ -74,136 +81,6 @@ pub(crate) enum DisconnectReason {
     Io(std::io::Error),
 }
 
-/// Serves one accepted TCP connection until it ends. Never panics on client input.
-pub(crate) async fn run_connection(
-    stream: TcpStream,
-    ctx: Arc<ConnContext>,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut io = Io::new(stream, ctx.max_packet_size);
-    // The CONNECT phase runs in its own heap future, freed once the client is connected, so
-    // the task itself only needs room for the session loop: what an idle connection costs.
-    let first = Box::pin(async {
-        tokio::select! {
-            _ = shutdown.cancelled() => None,
-            r = timeout(ctx.connect_timeout, io.read_packet()) => Some(r),
-        }
-    })
-    .await;
-    let Some(first) = first else {
-        return;
-    };
-    let connect = match first {
-        Err(_) => {
-            info!("closed: no CONNECT within limits.connect_timeout_ms");
-            return;
-        }
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(Some(_))) => {
-            warn!("[MQTT-3.1.0-1] first packet is not CONNECT: closing");
-            return;
-        }
-        Ok(Ok(None)) => {
-            debug!("closed before CONNECT");
-            return;
-        }
-        Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
-            // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
-            warn!(level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
-            codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-            return;
-        }
-        Ok(Err(ReadError::Protocol(e))) => {
-            warn!(error = %e, "protocol violation before CONNECT: closing");
-            return;
-        }
-        Ok(Err(ReadError::Io(e))) => {
-            debug!(error = %e, "socket error before CONNECT");
-            return;
-        }
-    };
-    let Some(mut conn) = Box::pin(accept_connect(io, connect, &ctx)).await else {
-        return;
-    };
-    let reason = conn.serve(&shutdown).await;
-    Box::pin(conn.finish(reason)).await;
-}
-
-/// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
-async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Option<Connection> {
-    let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
-    // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
-    let client_id: ClientId = if c.client_id.is_empty() {
-        if !c.clean_session {
-            info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
-            refuse(&mut io, connack::IDENTIFIER_REJECTED);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-            return None;
-        }
-        assign_client_id().into()
-    } else {
-        debug_assert!(!has_forbidden_char(&c.client_id));
-        c.client_id.as_str().into()
-    };
-    Span::current().record("client_id", &*client_id);
-    if !ctx
-        .auth
-        .permits(c.username.as_deref(), c.password.as_deref())
-    {
-        // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        warn!(username = ?c.username, "not authorized: refused (0x05)");
-        refuse(&mut io, connack::NOT_AUTHORIZED);
-        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-        return None;
-    }
-    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
-    let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
-    // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
-    codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
-    info!(
-        clean_session = c.clean_session,
-        keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
-        session_present = attached.session_present,
-        protocol_level = c.protocol_level,
-        "client connected"
-    );
-    let mut conn = Connection {
-        ctx: ctx.clone(),
-        io,
-        session: attached.session,
-        conn_id: attached.conn_id,
-        client_id,
-        will: c.will.map(Box::new),
-        pending_drain: true,
-        batch: Vec::new(),
-        ctl: attached.ctl,
-        flushed: if ctx.broker.store().acks_wait() {
-            ctx.broker.store().flushed()
-        } else {
-            None
-        },
-        pending_acks: VecDeque::new(),
-        pending_subacks: 0,
-        persisted: !c.clean_session && ctx.broker.store().enabled(),
-    };
-    // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
-    conn.resend_inflight();
-    Some(conn)
-}
-
-/// [MQTT-3.1.2-24] keep-alive 0 is off; the configured cap applies (an off keep-alive is
-/// capped too when a cap is set).
-fn effective_keep_alive(requested: u16, max: u16) -> Option<Duration> {
-    let secs = match requested {
-        0 if max == u16::MAX => return None,
-        0 => max,
-        s => s.min(max),
-    };
-    Some(Duration::from_secs(u64::from(secs)))
-}
-
 /// Resolves when the durable ticket changes; never, without a store or once it is closed.
 /// Only polled while acknowledgements wait for the disk; the inner future is boxed so it costs
 /// an idle connection nothing.
@@ -214,16 +91,6 @@ async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>, waiting: bool) {
         }
     }
     std::future::pending().await
-}
-
-/// A unique id for a client that sent none ([MQTT-3.1.3-6]).
-fn assign_client_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("auto-{:x}-{n:x}", t & 0xffff_ffff_ffff)
 }
 
 /// The live state of an accepted connection.

@@ -1,0 +1,156 @@
+//! The CONNECT phase of a connection: the first packet under a timeout, its validation, the
+//! CONNACK, and attaching the session. L3: codec, broker. Invariant: a refused client gets its
+//! CONNACK return code (or nothing, for a malformed CONNECT) and nothing else is processed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Span};
+
+use super::io::{Io, ReadError};
+use super::{ConnContext, Connection};
+use crate::error::ProtocolError;
+use crate::protocol::codec::{self, Connect, Packet};
+use crate::topic::{has_forbidden_char, ClientId};
+
+/// CONNACK return codes ([MQTT-3.2.2]).
+mod connack {
+    pub(super) const ACCEPTED: u8 = 0x00;
+    pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
+    pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub(super) const NOT_AUTHORIZED: u8 = 0x05;
+}
+
+/// Reads CONNECT (under `limits.connect_timeout_ms`), validates it, answers CONNACK and
+/// attaches the session. `None` when the connection ends here.
+pub(super) async fn handshake(
+    stream: TcpStream,
+    ctx: &Arc<ConnContext>,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let _ = stream.set_nodelay(true);
+    let mut io = Io::new(stream, ctx.max_packet_size);
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        r = timeout(ctx.connect_timeout, io.read_packet()) => r,
+    };
+    let connect = match first {
+        Err(_) => {
+            info!("closed: no CONNECT within limits.connect_timeout_ms");
+            return None;
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(_))) => {
+            warn!("[MQTT-3.1.0-1] first packet is not CONNECT: closing");
+            return None;
+        }
+        Ok(Ok(None)) => {
+            debug!("closed before CONNECT");
+            return None;
+        }
+        Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
+            // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
+            warn!(level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
+            codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return None;
+        }
+        Ok(Err(ReadError::Protocol(e))) => {
+            warn!(error = %e, "protocol violation before CONNECT: closing");
+            return None;
+        }
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(error = %e, "socket error before CONNECT");
+            return None;
+        }
+    };
+    accept_connect(io, connect, ctx).await
+}
+
+/// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
+async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Option<Connection> {
+    let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+    // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
+    let client_id: ClientId = if c.client_id.is_empty() {
+        if !c.clean_session {
+            info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
+            refuse(&mut io, connack::IDENTIFIER_REJECTED);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return None;
+        }
+        assign_client_id().into()
+    } else {
+        debug_assert!(!has_forbidden_char(&c.client_id));
+        c.client_id.as_str().into()
+    };
+    Span::current().record("client_id", &*client_id);
+    if !ctx
+        .auth
+        .permits(c.username.as_deref(), c.password.as_deref())
+    {
+        // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
+        warn!(username = ?c.username, "not authorized: refused (0x05)");
+        refuse(&mut io, connack::NOT_AUTHORIZED);
+        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+        return None;
+    }
+    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
+    let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
+    codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
+    info!(
+        clean_session = c.clean_session,
+        keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
+        session_present = attached.session_present,
+        protocol_level = c.protocol_level,
+        "client connected"
+    );
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        io,
+        session: attached.session,
+        conn_id: attached.conn_id,
+        client_id,
+        will: c.will.map(Box::new),
+        pending_drain: true,
+        batch: Vec::new(),
+        ctl: attached.ctl,
+        flushed: if ctx.broker.store().acks_wait() {
+            ctx.broker.store().flushed()
+        } else {
+            None
+        },
+        pending_acks: VecDeque::new(),
+        pending_subacks: 0,
+        persisted: !c.clean_session && ctx.broker.store().enabled(),
+    };
+    // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
+    conn.resend_inflight();
+    Some(conn)
+}
+
+/// [MQTT-3.1.2-24] keep-alive 0 is off; the configured cap applies (an off keep-alive is
+/// capped too when a cap is set).
+fn effective_keep_alive(requested: u16, max: u16) -> Option<Duration> {
+    let secs = match requested {
+        0 if max == u16::MAX => return None,
+        0 => max,
+        s => s.min(max),
+    };
+    Some(Duration::from_secs(u64::from(secs)))
+}
+
+/// A unique id for a client that sent none ([MQTT-3.1.3-6]).
+fn assign_client_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("auto-{:x}-{n:x}", t & 0xffff_ffff_ffff)
+}
