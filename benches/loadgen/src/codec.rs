@@ -70,14 +70,14 @@ fn put_str(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
 }
 
-/// CONNECT with clean session, no will, no credentials.
-pub fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16) {
+/// CONNECT with no will and no credentials; `clean` = CleanSession flag.
+pub fn connect(buf: &mut BytesMut, client_id: &str, keep_alive: u16, clean: bool) {
     let remaining = 10 + 2 + client_id.len();
     buf.put_u8(CONNECT << 4);
     put_remaining_len(buf, remaining);
     put_str(buf, b"MQTT");
     buf.put_u8(4); // protocol level 3.1.1
-    buf.put_u8(0x02); // clean session
+    buf.put_u8(if clean { 0x02 } else { 0x00 }); // CleanSession flag
     buf.put_u16(keep_alive);
     put_str(buf, client_id.as_bytes());
 }
@@ -309,7 +309,7 @@ mod tests {
             &[0x40, 2, 0, 7, 0x62, 2, 0, 8, 0x70, 2, 0, 9, 0xc0, 0, 0xe0, 0]
         );
         b.clear();
-        connect(&mut b, "id", 60);
+        connect(&mut b, "id", 60, true);
         assert_eq!(
             &b[..],
             &[0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'i', b'd']

@@ -117,7 +117,7 @@ pub fn connack_ok(p: Packet<'_>) -> Result<Option<()>> {
     }
 }
 
-/// TCP connect + MQTT CONNECT/CONNACK. Returns the reader and writer halves.
+/// TCP connect + MQTT CONNECT/CONNACK with a clean session. Returns the reader and writer.
 pub async fn mqtt_connect(
     addr: SocketAddr,
     client_id: &str,
@@ -125,11 +125,24 @@ pub async fn mqtt_connect(
     chunk: usize,
     limit: Duration,
 ) -> Result<(Reader, OwnedWriteHalf)> {
+    mqtt_connect_session(addr, client_id, keep_alive, chunk, limit, true).await
+}
+
+/// Like `mqtt_connect`, choosing the CleanSession flag (false = a persistent session, which a
+/// broker with persistence keeps on disk).
+pub async fn mqtt_connect_session(
+    addr: SocketAddr,
+    client_id: &str,
+    keep_alive: u16,
+    chunk: usize,
+    limit: Duration,
+    clean: bool,
+) -> Result<(Reader, OwnedWriteHalf)> {
     let deadline = Instant::now() + limit;
     let stream = tcp(addr, None, limit).await?;
     let (rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
-    codec::connect(&mut buf, client_id, keep_alive);
+    codec::connect(&mut buf, client_id, keep_alive, clean);
     write_all(&mut wr, &buf, limit).await?;
     let mut rd = Reader::new(rd, chunk);
     rd.wait_for(deadline, "CONNACK", connack_ok)

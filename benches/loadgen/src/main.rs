@@ -108,6 +108,11 @@ struct FlowArgs {
     /// After publishing stops: a subscriber gives up after this many seconds without data.
     #[arg(long, default_value_t = 1.0)]
     idle_s: f64,
+
+    /// Subscribers connect with CleanSession=0 (persistent sessions), to measure a broker's
+    /// durable path. Client ids are unique per run, so no earlier session is resumed.
+    #[arg(long)]
+    persistent_subscribers: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -235,6 +240,7 @@ fn flow_spec(
         subs,
         rate,
         window: f.window as usize,
+        persistent_subscribers: f.persistent_subscribers,
         e2e_window: f.e2e_window,
         batch: f.batch as usize,
         drain: secs(f.drain_s, "drain-s")?,

@@ -28,7 +28,7 @@ pub struct ConnsSpec {
 async fn open(c: &Common, bind: Option<IpAddr>, id: String, ka: u16) -> Result<TcpStream> {
     let mut s = conn::tcp(c.addr, bind, c.connect_timeout).await?;
     let mut buf = BytesMut::new();
-    codec::connect(&mut buf, &id, ka);
+    codec::connect(&mut buf, &id, ka, true);
     timeout(c.connect_timeout, s.write_all(&buf))
         .await
         .map_err(|_| anyhow!("CONNECT write timed out"))??;

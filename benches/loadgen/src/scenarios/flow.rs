@@ -38,6 +38,9 @@ pub struct FlowSpec {
     pub rate: Option<f64>,
     /// QoS 1 window: max unacknowledged PUBLISHes per publisher.
     pub window: usize,
+    /// Subscribers connect with CleanSession=0 (persistent sessions: durable on a broker
+    /// with persistence).
+    pub persistent_subscribers: bool,
     /// End-to-end window: max messages a publisher may be ahead of its
     /// slowest subscriber (highest sequence received); 0 = off.
     pub e2e_window: usize,
@@ -152,9 +155,17 @@ pub async fn run(c: &Common, spec: FlowSpec) -> Result<Outcome> {
     let mut set = JoinSet::new();
     for (i, (filter, _)) in spec.subs.iter().enumerate() {
         let (c2, filter, id) = (c.clone(), filter.clone(), client_id(spec.scenario, "s", i));
+        let persistent = spec.persistent_subscribers;
         set.spawn(async move {
-            let (mut rd, mut wr) =
-                conn::mqtt_connect(c2.addr, &id, ka, READ_CHUNK, c2.connect_timeout).await?;
+            let (mut rd, mut wr) = conn::mqtt_connect_session(
+                c2.addr,
+                &id,
+                ka,
+                READ_CHUNK,
+                c2.connect_timeout,
+                !persistent,
+            )
+            .await?;
             let granted =
                 conn::subscribe(&mut rd, &mut wr, &filter, c2.qos, c2.connect_timeout).await?;
             anyhow::Ok((i, rd, wr, granted))
@@ -750,6 +761,7 @@ mod tests {
             subs: vec![("bench/fanin/+".into(), vec![0, 1, 2])],
             rate: Some(20_000.0),
             window: 50,
+            persistent_subscribers: false,
             e2e_window: 0,
             batch: 16,
             drain: Duration::from_secs(3),
