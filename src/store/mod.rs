@@ -339,6 +339,7 @@ fn writer_loop(
 ) {
     let mut backend = Some(backend);
     let mut batch: Vec<Op> = Vec::new();
+    let mut compactor = Compactor::default();
     // Applied since the last successful flush (not kept for sync = "off").
     let mut unflushed: Vec<Op> = Vec::new();
     let mut batch_ticket = 0;
@@ -403,6 +404,7 @@ fn writer_loop(
             }
             continue;
         };
+        compactor.compact(&mut batch);
         if !batch.is_empty() {
             match engine.apply(&batch) {
                 Ok(()) => {
@@ -452,5 +454,124 @@ fn writer_loop(
         if stopping && batch.is_empty() && lock(&shared.pending).ops.is_empty() {
             return;
         }
+    }
+}
+
+/// Cancels, within one batch, the writes of messages that were queued and completed before the
+/// batch reached the disk: a `MsgPut`, its `MsgState`s and its `MsgDel` all in the same batch
+/// leave nothing to write. With subscribers that keep up, most messages never touch the disk,
+/// and the acknowledgements that waited for them are still only sent once the batch is done
+/// (by then the message has been delivered and acknowledged end to end).
+#[derive(Default)]
+struct Compactor {
+    /// (client, seq) -> indices in the batch of its `MsgPut` and `MsgState`s.
+    open: std::collections::HashMap<(Arc<str>, u64), Vec<usize>>,
+    drop: Vec<bool>,
+}
+
+impl Compactor {
+    fn compact(&mut self, batch: &mut Vec<Op>) {
+        self.open.clear();
+        self.drop.clear();
+        self.drop.resize(batch.len(), false);
+        let mut dropped = 0;
+        for (i, op) in batch.iter().enumerate() {
+            match op {
+                Op::MsgPut { client, seq, .. } => {
+                    self.open.insert((client.clone(), *seq), vec![i]);
+                }
+                Op::MsgState { client, seq, .. } => {
+                    if let Some(v) = self.open.get_mut(&(client.clone(), *seq)) {
+                        v.push(i);
+                    }
+                }
+                Op::MsgDel { client, seq } => {
+                    if let Some(v) = self.open.remove(&(client.clone(), *seq)) {
+                        for j in v {
+                            self.drop[j] = true;
+                        }
+                        self.drop[i] = true;
+                        dropped += 1;
+                    }
+                }
+                // Sequence numbers restart with a new session: forget the old one's.
+                Op::SessionDel { client } => self.open.retain(|(c, _), _| c != client),
+                _ => {}
+            }
+        }
+        if dropped > 0 {
+            let mut i = 0;
+            batch.retain(|_| {
+                let keep = !self.drop[i];
+                i += 1;
+                keep
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(c: &Arc<str>, seq: u64) -> Op {
+        Op::MsgPut {
+            client: c.clone(),
+            seq,
+            msg: StoredMessage {
+                topic: "t".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: 1,
+                retain: false,
+            },
+        }
+    }
+
+    fn kinds(batch: &[Op]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|op| match op {
+                Op::MsgPut { seq, .. } => format!("put{seq}"),
+                Op::MsgState { seq, .. } => format!("state{seq}"),
+                Op::MsgDel { seq, .. } => format!("del{seq}"),
+                Op::SessionDel { .. } => "sdel".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// A message queued, sent and acknowledged within one batch writes nothing; one whose put
+    /// was written in an earlier batch keeps its delete; an open one keeps everything.
+    #[test]
+    fn completed_messages_cancel_within_a_batch() {
+        let c: Arc<str> = "c".into();
+        let state = |seq| Op::MsgState {
+            client: c.clone(),
+            seq,
+            state: StoredState::Sent(1),
+        };
+        let del = |seq| Op::MsgDel {
+            client: c.clone(),
+            seq,
+        };
+        let mut batch = vec![put(&c, 1), state(1), put(&c, 2), del(1), del(7), state(2)];
+        Compactor::default().compact(&mut batch);
+        assert_eq!(kinds(&batch), ["put2", "del7", "state2"]);
+    }
+
+    /// Sequence numbers of a removed session never cancel the new session's messages.
+    #[test]
+    fn session_delete_separates_sequence_numbers() {
+        let c: Arc<str> = "c".into();
+        let mut batch = vec![
+            put(&c, 1),
+            Op::SessionDel { client: c.clone() },
+            Op::MsgDel {
+                client: c.clone(),
+                seq: 1,
+            },
+        ];
+        Compactor::default().compact(&mut batch);
+        assert_eq!(kinds(&batch), ["put1", "sdel", "del1"]);
     }
 }
