@@ -8,14 +8,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::{Packet, QoS, SubscribeReasonCode};
 
-fn qos(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// [MQTT-4.3.1-1] [MQTT-4.3.2-2] [MQTT-4.3.3-2] QoS 0, 1 and 2 messages each arrive once, at
 /// their QoS, with their payload.
 #[tokio::test(flavor = "multi_thread")]

@@ -296,6 +296,24 @@ fn receive_in_order(mut sub: Raw, n: u32, qos: u8) -> std::thread::JoinHandle<()
     })
 }
 
+/// Connects a raw publisher and sends `n` publishes (ids 1..=n) in one write, without reading.
+fn send_burst(topic: &str, qos: u8, n: u32, b: &BrokerProc) -> Raw {
+    let mut publ = Raw::connected(b.addr, "pub");
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend(publish_packet(
+            topic,
+            qos,
+            false,
+            false,
+            (i + 1) as u16,
+            &burst_payload(i),
+        ));
+    }
+    publ.send(&all);
+    publ
+}
+
 /// Checklist "3.1.1 puts no limit": 2000 QoS 1 publishes sent without reading are all PUBACKed
 /// in order and all delivered in order; none is dropped `[MQTT-4.3.2-2]` `[MQTT-4.6.0-5]`.
 #[test]
@@ -305,19 +323,7 @@ fn qos1_burst_without_reading_acks_and_delivers_all_in_order() {
     let mut sub = Raw::connected(b.addr, "sub");
     sub.subscribe(1, "burst/1", 1);
     let reader = receive_in_order(sub, N, 1);
-    let mut publ = Raw::connected(b.addr, "pub");
-    let mut all = Vec::new();
-    for i in 0..N {
-        all.extend(publish_packet(
-            "burst/1",
-            1,
-            false,
-            false,
-            (i + 1) as u16,
-            &burst_payload(i),
-        ));
-    }
-    publ.send(&all);
+    let mut publ = send_burst("burst/1", 1, N, &b);
     for i in 0..N {
         let p = publ
             .read_packet()
@@ -338,19 +344,7 @@ fn qos2_burst_without_reading_acks_and_delivers_all_in_order() {
     let mut sub = Raw::connected(b.addr, "sub");
     sub.subscribe(1, "burst/2", 2);
     let reader = receive_in_order(sub, N, 2);
-    let mut publ = Raw::connected(b.addr, "pub");
-    let mut all = Vec::new();
-    for i in 0..N {
-        all.extend(publish_packet(
-            "burst/2",
-            2,
-            false,
-            false,
-            (i + 1) as u16,
-            &burst_payload(i),
-        ));
-    }
-    publ.send(&all);
+    let mut publ = send_burst("burst/2", 2, N, &b);
     for i in 0..N {
         let p = publ
             .read_packet()

@@ -8,14 +8,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::QoS;
 
-fn qos(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-8] a retained message is stored and sent to a new
 /// subscriber with RETAIN=1.
 #[tokio::test(flavor = "multi_thread")]

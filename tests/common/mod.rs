@@ -886,3 +886,12 @@ impl BrokerProc {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 }
+
+/// rumqttc's QoS from its number (2 and above: exactly once).
+pub fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
