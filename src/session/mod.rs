@@ -235,18 +235,26 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet buffered.
+    /// Handles every complete packet buffered. Keep-alive counts a turn that completed at
+    /// least one packet (one clock read per turn, not per packet).
     fn process_input(&mut self) -> Result<(), DisconnectReason> {
-        loop {
+        let mut any = false;
+        let result = loop {
             match self.io.next_buffered() {
                 Ok(Some(p)) => {
-                    self.ctl.touch(self.ctx.broker.clock_ms());
-                    self.handle(p)?;
+                    any = true;
+                    if let Err(reason) = self.handle(p) {
+                        break Err(reason);
+                    }
                 }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(DisconnectReason::Protocol(e)),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(DisconnectReason::Protocol(e)),
             }
+        };
+        if any {
+            self.ctl.touch(self.ctx.broker.clock_ms());
         }
+        result
     }
 
     fn handle(&mut self, p: Packet) -> Result<(), DisconnectReason> {
