@@ -109,6 +109,8 @@ pub struct PersistenceConfig {
     pub sync: SyncMode,
     pub flush_interval_ms: u64,
     pub on_corrupt: OnCorrupt,
+    /// Bound of the storage engine's page cache in bytes (sled's default is 1 GiB).
+    pub cache_bytes: u64,
 }
 
 /// `[log]`: tracing output.
@@ -159,6 +161,7 @@ impl Default for PersistenceConfig {
             sync: SyncMode::Always,
             flush_interval_ms: 1_000,
             on_corrupt: OnCorrupt::MoveAside,
+            cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -230,6 +233,12 @@ impl Config {
         }
         if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
             bad("persistence.path", "must not be empty");
+        }
+        if self.persistence.cache_bytes < 1024 * 1024 {
+            bad(
+                "persistence.cache_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if self.persistence.flush_interval_ms == 0 {
             bad("persistence.flush_interval_ms", "must be at least 1");

@@ -20,6 +20,12 @@ use crate::config::{OnCorrupt, PersistenceConfig, SyncMode};
 
 pub(crate) use sled_backend::SledBackend;
 
+/// With sync = "periodic", a flush comes early once this many applied ops wait for it.
+const MAX_UNFLUSHED_OPS: usize = 65_536;
+
+/// Capacity (in ops) the writer keeps in its buffers between bursts.
+const OPS_KEPT: usize = 4096;
+
 /// How long `close` waits for the writer to flush and stop.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -176,7 +182,7 @@ impl Store {
     /// it, and starts the writer thread.
     pub(crate) fn open(config: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
         let started = Instant::now();
-        let mut backend = match SledBackend::open(&config.path, config.sync) {
+        let mut backend = match SledBackend::open(&config.path, config.sync, config.cache_bytes) {
             Ok(b) => b,
             Err(e) => recover(config, e)?,
         };
@@ -207,8 +213,8 @@ impl Store {
         });
         let interval = Duration::from_millis(config.flush_interval_ms);
         let writer_shared = shared.clone();
-        let (path, sync) = (config.path.clone(), config.sync);
-        let reopen = move || SledBackend::open(&path, sync);
+        let (path, sync, cache) = (config.path.clone(), config.sync, config.cache_bytes);
+        let reopen = move || SledBackend::open(&path, sync, cache);
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("brokerd-store".into())
@@ -318,7 +324,7 @@ fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, Sto
         error = %e,
         "data directory unusable: moved aside, starting with empty state"
     );
-    SledBackend::open(&config.path, config.sync)
+    SledBackend::open(&config.path, config.sync, config.cache_bytes)
 }
 
 /// The writer: takes every pending operation at once, applies them, flushes per the sync
@@ -427,7 +433,14 @@ fn writer_loop(
         }
         let flush_now = match shared.sync {
             SyncMode::Always => dirty,
-            SyncMode::Periodic => dirty && (last_flush.elapsed() >= interval || stopping),
+            // Also early when many ops wait: bounds the memory kept for a re-apply (and the
+            // loss window) under heavy load.
+            SyncMode::Periodic => {
+                dirty
+                    && (last_flush.elapsed() >= interval
+                        || stopping
+                        || unflushed.len() >= MAX_UNFLUSHED_OPS)
+            }
             SyncMode::Off => dirty && stopping,
         };
         if flush_now {
@@ -442,6 +455,12 @@ fn writer_loop(
             unflushed.clear();
             dirty = false;
             last_flush = Instant::now();
+        }
+        // A burst must not leave its high-water capacity behind.
+        for v in [&mut batch, &mut unflushed] {
+            if v.is_empty() && v.capacity() > OPS_KEPT {
+                v.shrink_to(OPS_KEPT);
+            }
         }
         if failing {
             warn!("persistence recovered");

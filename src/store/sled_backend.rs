@@ -88,8 +88,13 @@ fn decode_msg(v: &[u8]) -> Option<(StoredMessage, StoredState)> {
 }
 
 impl SledBackend {
-    pub(crate) fn open(path: &Path, sync: SyncMode) -> Result<SledBackend, StoreError> {
-        let mut cfg = sled::Config::new().path(path);
+    pub(crate) fn open(
+        path: &Path,
+        sync: SyncMode,
+        cache_bytes: u64,
+    ) -> Result<SledBackend, StoreError> {
+        // Bounded: sled's own default page cache is 1 GiB.
+        let mut cfg = sled::Config::new().path(path).cache_capacity(cache_bytes);
         // We flush explicitly for "always" and "periodic"; "off" leaves it to sled's own
         // background flusher.
         cfg = match sync {
@@ -274,7 +279,7 @@ mod tests {
         let path = dir.path().join("db");
         let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
         {
-            let mut s = SledBackend::open(&path, SyncMode::Always).unwrap();
+            let mut s = SledBackend::open(&path, SyncMode::Always, 1 << 24).unwrap();
             s.apply(&[
                 Op::SessionPut { client: a.clone() },
                 Op::SessionPut { client: b.clone() },
@@ -320,7 +325,7 @@ mod tests {
             .unwrap();
             s.flush().unwrap();
         }
-        let mut s = SledBackend::open(&path, SyncMode::Always).unwrap();
+        let mut s = SledBackend::open(&path, SyncMode::Always, 1 << 24).unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.sessions.len(), 1);
         let sa = &snap.sessions["a"];
