@@ -111,6 +111,9 @@ pub struct PersistenceConfig {
     pub on_corrupt: OnCorrupt,
     /// Bound of the storage engine's page cache in bytes (sled's default is 1 GiB).
     pub cache_bytes: u64,
+    /// Free space kept on the data directory's file system: below it, persisted traffic
+    /// pauses (acknowledgements withheld) instead of the storage engine meeting a full disk.
+    pub min_free_bytes: u64,
 }
 
 /// `[log]`: tracing output.
@@ -162,6 +165,7 @@ impl Default for PersistenceConfig {
             flush_interval_ms: 1_000,
             on_corrupt: OnCorrupt::MoveAside,
             cache_bytes: 16 * 1024 * 1024,
+            min_free_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -84,7 +84,7 @@ pub async fn run(
     let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
-        store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
+        store::Store::open(&config.persistence).map_err(|e| Error::Store(store::error_chain(&e)))?
     } else {
         (store::Store::disabled(), store::Snapshot::default())
     };
@@ -164,8 +164,14 @@ pub async fn run(
             "connections still closing after listener.shutdown_grace_ms; exiting anyway"
         );
     }
-    // The writer thread flushes what is pending; join it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    // The writer thread flushes what is pending; join it off the async workers. A store that
+    // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
+    let closed = tokio::task::spawn_blocking(move || store.close(grace))
+        .await
+        .unwrap_or(Ok(()));
     broker.log_summary();
-    Ok(())
+    closed.map_err(|e| {
+        tracing::error!(error = %e, "persistent state not fully written at shutdown");
+        Error::Store(e.to_string())
+    })
 }

@@ -1,44 +1,68 @@
-//! Durable state: the operations the broker persists and the writer thread that commits them.
-//! L1: depends on L0 and sled (through `Backend`); never called with a session or trie lock
-//! held across I/O. Invariants: operations are applied in submission order; a ticket is
-//! reported flushed only after every operation up to it is on disk (group commit: one flush
-//! covers everything pending at that moment); with persistence off nothing here runs.
+//! Durable state: the operations the broker persists, the handle sessions submit them through,
+//! and opening the data directory. L1: depends on L0, sled (through `Backend`) and the file
+//! system; never called with a session or trie lock held across I/O.
+//! Invariants: operations are applied in submission order; a ticket is reported durable only
+//! after every operation up to it is on disk; the operations of one `Group` reach the disk in
+//! one atomic batch; a data directory is renamed only when its content is proven corrupt, and
+//! only one broker uses it at a time (an exclusive lock). With persistence off nothing here runs.
 
+mod dir;
+mod legacy;
 mod sled_backend;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
 use crate::config::{OnCorrupt, PersistenceConfig, SyncMode};
 
 pub(crate) use sled_backend::SledBackend;
 
-/// With sync = "periodic", a flush comes early once this many applied ops wait for it.
-const MAX_UNFLUSHED_OPS: usize = 65_536;
-
-/// Capacity (in ops) the writer keeps in its buffers between bursts.
-const OPS_KEPT: usize = 4096;
-
-/// How long `close` waits for the writer to flush and stop.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A failure of the storage engine.
+/// A failure of the storage engine or of the data directory.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
-    #[error("storage engine: {0}")]
+    #[error("storage engine")]
     Engine(#[from] sled::Error),
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     Dir {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("data directory {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("data directory {path} is in use by another process{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "data directory {path} has format {found}; this brokerd reads format {}",
+        sled_backend::FORMAT
+    )]
+    Format { path: PathBuf, found: u32 },
+    #[error("corrupt data directory: {0}")]
+    Corrupt(&'static str),
+    #[error("{ops} operations were not written to disk ({why})")]
+    Unflushed { ops: usize, why: &'static str },
+}
+
+impl StoreError {
+    /// Whether the directory's content failed validation: the only case in which it may be
+    /// moved aside. Permissions, locks, missing mounts and newer formats are not corruption.
+    fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) | StoreError::Engine(sled::Error::Corruption { .. }) => true,
+            // sled's answer to a `conf` file that is not its text format (its message names
+            // versions before 0.29, which wrote binary configs): unreadable content.
+            StoreError::Engine(sled::Error::Unsupported(m)) => m.contains("earlier than 0.29"),
+            _ => false,
+        }
+    }
 }
 
 /// A message as stored: enough to re-send it.
@@ -111,6 +135,19 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Roughly what applying the op writes to disk, for the free-space check.
+    fn disk_estimate(&self) -> u64 {
+        const RECORD: u64 = 64;
+        match self {
+            Op::MsgPut { msg, .. } | Op::RetainPut { msg } => {
+                RECORD + (msg.topic.len() + msg.payload.len()) as u64
+            }
+            _ => RECORD,
+        }
+    }
+}
+
 /// One stored message of a session, in sequence order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredEntry {
@@ -138,12 +175,24 @@ pub(crate) struct Snapshot {
 
 /// A storage engine. Swappable: the broker only sees `Store`.
 pub(crate) trait Backend: Send + 'static {
-    /// Applies a batch of operations in order (not yet necessarily durable).
+    /// Applies a batch of operations in order, atomically (not yet necessarily durable).
     fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError>;
     /// Makes everything applied so far durable (fsync).
     fn flush(&mut self) -> Result<(), StoreError>;
     /// Reads everything back.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+/// How acknowledgements relate to the disk (from `persistence.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckPolicy {
+    /// Never wait (persistence off, or sync = "off").
+    Immediate,
+    /// Wait until what the packet reveals is durable (sync = "always").
+    Durable,
+    /// Send at once while the oldest state not yet durable is younger than `gate_ms`; beyond
+    /// that, wait until durable (sync = "periodic": bounds what a crash can lose).
+    Bounded { gate_ms: u64 },
 }
 
 /// Operations waiting for the writer, with the ticket of the last one.
@@ -152,24 +201,72 @@ struct Pending {
     ops: Vec<Op>,
     last_ticket: u64,
     stopping: bool,
+    /// When the first of `ops` was submitted (ms on the store's clock).
+    first_ms: Option<u64>,
+    /// Groups open now, and where in `ops` the oldest of them began (see `Group`).
+    open_groups: usize,
+    epoch_start: usize,
+    /// The writer waits for the open groups to close; new groups wait for the writer.
+    writer_waiting: bool,
 }
 
 struct Shared {
     pending: Mutex<Pending>,
+    /// Wakes the writer: work arrived, the last group closed, or stop.
     wake: Condvar,
-    /// The highest ticket known to be durable (per the sync mode).
+    /// Wakes threads waiting to open a group.
+    groups_done: Condvar,
+    /// The highest ticket known to be durable (applied, for sync = "off").
     flushed: watch::Sender<u64>,
     sync: SyncMode,
+    flush_interval: Duration,
+    /// The store's clock.
+    started: Instant,
+    /// sync = "periodic": when the oldest operation not yet durable was submitted (ms on the
+    /// store's clock); `u64::MAX` when everything submitted is durable. Written under `pending`.
+    backlog_since_ms: AtomicU64,
+    /// Operations the writer could not write when it stopped (disk full, I/O errors).
+    unwritten: AtomicU64,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
 }
 
 /// The writer thread and a channel that disconnects when it ends.
-type Writer = (JoinHandle<()>, mpsc::Receiver<()>);
+type WriterHandle = (JoinHandle<()>, mpsc::Receiver<()>);
 
 /// Handle to the store; cheap to clone. `Store::disabled()` makes every call a no-op.
 #[derive(Clone, Default)]
 pub(crate) struct Store {
     shared: Option<Arc<Shared>>,
-    writer: Option<Arc<Mutex<Option<Writer>>>>,
+    writer: Option<Arc<Mutex<Option<WriterHandle>>>>,
+    /// Held as long as any handle lives; released by the kernel when the process ends.
+    _lock: Option<Arc<dir::DirLock>>,
+}
+
+/// A set of operations that reach the disk in one atomic batch (an inbound QoS 2 packet id
+/// and the copies routed for it). While any group is open the writer takes only the
+/// operations submitted before the oldest open group began; groups that overlap in time are
+/// written together. Open it with no session lock held: it may wait (briefly) for the writer.
+pub(crate) struct Group<'a> {
+    shared: Option<&'a Shared>,
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared {
+            let mut p = lock(&shared.pending);
+            p.open_groups -= 1;
+            if p.open_groups == 0 {
+                drop(p);
+                shared.wake.notify_one();
+                shared.groups_done.notify_all();
+            }
+        }
+    }
 }
 
 impl Store {
@@ -178,25 +275,41 @@ impl Store {
         Store::default()
     }
 
-    /// Opens the data directory per `config` (moving a corrupt one aside or refusing), loads
-    /// it, and starts the writer thread.
+    /// Prepares and locks the data directory, opens and loads it (moving it aside only if
+    /// its content is corrupt and `on_corrupt` allows), and starts the writer thread.
     pub(crate) fn open(config: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
+        Self::open_inner(config).inspect_err(|e| {
+            error!(path = %config.path.display(), error = %error_chain(e), "cannot use the data directory: not starting");
+        })
+    }
+
+    fn open_inner(config: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
         let started = Instant::now();
-        let mut backend = match SledBackend::open(&config.path, config.sync, config.cache_bytes) {
+        let path = &config.path;
+        dir::prepare(path)?;
+        let mut dir_lock = dir::lock(path)?;
+        let open = || SledBackend::open(path, config.sync, config.cache_bytes);
+        let mut backend = match open() {
             Ok(b) => b,
-            Err(e) => recover(config, e)?,
+            Err(e) if e.is_corruption() => {
+                dir_lock = move_aside(config, e, dir_lock)?;
+                open()?
+            }
+            Err(e) => return Err(e),
         };
         let snapshot = match backend.load() {
             Ok(s) => s,
-            Err(e) => {
+            Err(e) if e.is_corruption() => {
                 drop(backend);
-                backend = recover(config, e)?;
+                dir_lock = move_aside(config, e, dir_lock)?;
+                backend = open()?;
                 backend.load()?
             }
+            Err(e) => return Err(e),
         };
         let messages: usize = snapshot.sessions.values().map(|s| s.messages.len()).sum();
         info!(
-            path = %config.path.display(),
+            path = %path.display(),
             sessions = snapshot.sessions.len(),
             messages,
             retained = snapshot.retained.len(),
@@ -208,28 +321,41 @@ impl Store {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            groups_done: Condvar::new(),
             flushed,
             sync: config.sync,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            started: Instant::now(),
+            backlog_since_ms: AtomicU64::new(u64::MAX),
+            unwritten: AtomicU64::new(0),
         });
-        let interval = Duration::from_millis(config.flush_interval_ms);
-        let writer_shared = shared.clone();
-        let (path, sync, cache) = (config.path.clone(), config.sync, config.cache_bytes);
-        let reopen = move || SledBackend::open(&path, sync, cache);
+        let reopen = {
+            let (path, sync, cache) = (path.clone(), config.sync, config.cache_bytes);
+            move || SledBackend::open(&path, sync, cache)
+        };
+        let w = writer::Writer::new(
+            backend,
+            shared.clone(),
+            reopen,
+            path.clone(),
+            config.min_free_bytes,
+        );
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("brokerd-store".into())
             .spawn(move || {
                 let _done = done_tx;
-                writer_loop(backend, &writer_shared, interval, reopen);
+                w.run();
             })
             .map_err(|source| StoreError::Dir {
-                path: config.path.clone(),
+                path: path.clone(),
                 source,
             })?;
         Ok((
             Store {
                 shared: Some(shared),
                 writer: Some(Arc::new(Mutex::new(Some((handle, done_rx))))),
+                _lock: Some(Arc::new(dir_lock)),
             },
             snapshot,
         ))
@@ -239,11 +365,26 @@ impl Store {
         self.shared.is_some()
     }
 
-    /// Whether acknowledgements must wait for their ticket to be flushed (`sync = "always"`).
-    pub(crate) fn acks_wait(&self) -> bool {
-        self.shared
-            .as_ref()
-            .is_some_and(|s| s.sync == SyncMode::Always)
+    /// How acknowledgements that reveal stored state relate to the disk.
+    pub(crate) fn ack_policy(&self) -> AckPolicy {
+        match self.shared.as_deref() {
+            Some(s) if s.sync == SyncMode::Always => AckPolicy::Durable,
+            Some(s) if s.sync == SyncMode::Periodic => AckPolicy::Bounded {
+                gate_ms: (s.flush_interval.as_millis() as u64 / 2).max(1),
+            },
+            _ => AckPolicy::Immediate,
+        }
+    }
+
+    /// sync = "periodic": how long the oldest operation not yet durable has waited (0 if none).
+    pub(crate) fn backlog_age_ms(&self) -> u64 {
+        let Some(s) = self.shared.as_deref() else {
+            return 0;
+        };
+        match s.backlog_since_ms.load(Ordering::Acquire) {
+            u64::MAX => 0,
+            since => s.now_ms().saturating_sub(since),
+        }
     }
 
     /// Queues an operation for the writer; returns its ticket. Never blocks on I/O.
@@ -256,11 +397,39 @@ impl Store {
         p.ops.push(op);
         let ticket = p.last_ticket;
         let first = p.ops.len() == 1;
+        if p.first_ms.is_none() {
+            let now = shared.now_ms();
+            p.first_ms = Some(now);
+            shared.backlog_since_ms.fetch_min(now, Ordering::AcqRel);
+        }
         drop(p);
         if first {
             shared.wake.notify_one();
         }
         ticket
+    }
+
+    /// Opens a group: everything submitted (by any thread) until it is dropped is written in
+    /// the same atomic batch as what this thread submits in it.
+    pub(crate) fn group(&self) -> Group<'_> {
+        let Some(shared) = self.shared.as_deref() else {
+            return Group { shared: None };
+        };
+        let mut p = lock(&shared.pending);
+        // A writer waiting for overlapping groups to close would otherwise never get a turn.
+        while p.writer_waiting && p.open_groups > 0 {
+            p = shared
+                .groups_done
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if p.open_groups == 0 {
+            p.epoch_start = p.ops.len();
+        }
+        p.open_groups += 1;
+        Group {
+            shared: Some(shared),
+        }
     }
 
     /// The ticket of the last submitted operation (0 if none).
@@ -275,45 +444,78 @@ impl Store {
         self.shared.as_ref().map(|s| s.flushed.subscribe())
     }
 
-    /// Flushes what is pending and stops the writer (at shutdown).
-    pub(crate) fn close(&self) {
+    /// Waits until `ticket` is durable (or the store stops). For the CONNECT phase, which may
+    /// wait; the session loop uses its own receiver.
+    pub(crate) async fn durable(&self, ticket: u64) {
+        let Some(mut rx) = self.flushed() else { return };
+        let _ = rx.wait_for(|t| *t >= ticket).await;
+    }
+
+    /// Writes and flushes what is pending and stops the writer (at shutdown), waiting at most
+    /// `limit`. An error says how much could not be written.
+    pub(crate) fn close(&self, limit: Duration) -> Result<(), StoreError> {
         let (Some(shared), Some(writer)) = (&self.shared, &self.writer) else {
-            return;
+            return Ok(());
         };
         lock(&shared.pending).stopping = true;
         shared.wake.notify_one();
         let Some((handle, done)) = lock(writer).take() else {
-            return;
+            return Ok(());
         };
         // Bounded: a storage engine wedged in I/O must not keep the process from exiting.
-        match done.recv_timeout(CLOSE_TIMEOUT) {
-            Err(mpsc::RecvTimeoutError::Timeout) => error!(
-                timeout_s = CLOSE_TIMEOUT.as_secs(),
-                "persistence writer did not finish; exiting without flushing pending state"
-            ),
+        match done.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let ops = lock(&shared.pending).ops.len();
+                Err(StoreError::Unflushed {
+                    ops,
+                    why: "the store did not finish within listener.shutdown_grace_ms; \
+                          at least this many pending",
+                })
+            }
             _ => {
                 let _ = handle.join();
+                match shared.unwritten.load(Ordering::Acquire) {
+                    0 => Ok(()),
+                    n => Err(StoreError::Unflushed {
+                        ops: n as usize,
+                        why: "the disk failed or was full at shutdown",
+                    }),
+                }
             }
         }
     }
+}
+
+/// The error and its causes on one line ("a: b: c"), for log fields.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Handles a data directory that cannot be opened or read, per `on_corrupt`.
-fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, StoreError> {
+/// Moves a data directory whose content is corrupt aside (`on_corrupt = "move_aside"`), or
+/// refuses. Returns the lock of the fresh, empty directory that replaces it.
+fn move_aside(
+    config: &PersistenceConfig,
+    e: StoreError,
+    old_lock: dir::DirLock,
+) -> Result<dir::DirLock, StoreError> {
     if config.on_corrupt == OnCorrupt::Refuse {
-        error!(path = %config.path.display(), error = %e, "data directory unusable; persistence.on_corrupt = \"refuse\": not starting");
         return Err(e);
     }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut aside = config.path.clone().into_os_string();
-    aside.push(format!(".corrupt-{stamp}"));
-    let aside = PathBuf::from(aside);
+    let aside = dir::with_suffix(&config.path, &format!(".corrupt-{stamp}"));
     std::fs::rename(&config.path, &aside).map_err(|source| StoreError::Dir {
         path: config.path.clone(),
         source,
@@ -321,276 +523,12 @@ fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, Sto
     error!(
         path = %config.path.display(),
         moved_to = %aside.display(),
-        error = %e,
-        "data directory unusable: moved aside, starting with empty state"
+        error = %error_chain(&e),
+        "data directory corrupt: moved aside, starting with empty state"
     );
-    SledBackend::open(&config.path, config.sync, config.cache_bytes)
-}
-
-/// The writer: takes every pending operation at once, applies them, flushes per the sync
-/// mode, then publishes the durable ticket. On an engine error (disk full, I/O) it logs and
-/// retries every 500 ms; tickets are not reported durable meanwhile, so acknowledgements that
-/// wait for them are withheld and clients retry. sled 0.34 makes any I/O error sticky (every
-/// later call fails until the database is reopened), so a retry drops the engine, reopens the
-/// directory (which recovers what reached the disk) and re-applies, in order, the operations
-/// applied since the last successful flush plus the failed batch. Every operation sets or
-/// removes keys, so re-applying a suffix over state that already holds part of it is exact.
-/// With sync = "off" nothing is flushed explicitly, so a reopen loses what sled had not yet
-/// written, as a crash would.
-fn writer_loop(
-    backend: SledBackend,
-    shared: &Shared,
-    interval: Duration,
-    reopen: impl Fn() -> Result<SledBackend, StoreError>,
-) {
-    let mut backend = Some(backend);
-    let mut batch: Vec<Op> = Vec::new();
-    let mut compactor = Compactor::default();
-    // Applied since the last successful flush (not kept for sync = "off").
-    let mut unflushed: Vec<Op> = Vec::new();
-    let mut batch_ticket = 0;
-    let mut last_flush = Instant::now();
-    let mut dirty = false;
-    let mut failing = false;
-    let retry = |failing: &mut bool,
-                 backend: &mut Option<SledBackend>,
-                 what: &str,
-                 e: StoreError| {
-        if !*failing {
-            error!(error = %e, "persistence {what} failed; acknowledgements withheld, retrying");
-            *failing = true;
-        } else {
-            debug!(error = %e, "persistence {what} failed again");
-        }
-        // Drop the engine (and its file lock) before reopening.
-        *backend = None;
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    loop {
-        let stopping = {
-            let mut p = lock(&shared.pending);
-            while p.ops.is_empty()
-                && !p.stopping
-                && batch.is_empty()
-                && !(dirty && shared.sync == SyncMode::Always)
-            {
-                let wait = match shared.sync {
-                    SyncMode::Periodic if dirty => interval.saturating_sub(last_flush.elapsed()),
-                    _ => Duration::from_secs(3600),
-                };
-                let (guard, timeout) = shared
-                    .wake
-                    .wait_timeout(p, wait.max(Duration::from_millis(1)))
-                    .unwrap_or_else(|e| e.into_inner());
-                p = guard;
-                if timeout.timed_out() {
-                    break;
-                }
-            }
-            batch.append(&mut p.ops);
-            batch_ticket = batch_ticket.max(p.last_ticket);
-            p.stopping
-        };
-        let Some(engine) = backend.as_mut() else {
-            match reopen() {
-                Ok(b) => {
-                    backend = Some(b);
-                    // Re-apply what the dropped engine may not have written.
-                    unflushed.append(&mut batch);
-                    batch = std::mem::take(&mut unflushed);
-                    dirty = false;
-                }
-                Err(e) => {
-                    if stopping {
-                        error!(error = %e, lost_ops = batch.len() + unflushed.len(), "shutting down with unwritten state");
-                        return;
-                    }
-                    retry(&mut failing, &mut backend, "reopen", e);
-                }
-            }
-            continue;
-        };
-        compactor.compact(&mut batch);
-        if !batch.is_empty() {
-            match engine.apply(&batch) {
-                Ok(()) => {
-                    if shared.sync == SyncMode::Off {
-                        batch.clear();
-                    } else {
-                        unflushed.append(&mut batch);
-                    }
-                    dirty = true;
-                }
-                Err(e) => {
-                    if stopping {
-                        error!(error = %e, lost_ops = batch.len() + unflushed.len(), "shutting down with unwritten state");
-                        return;
-                    }
-                    retry(&mut failing, &mut backend, "write", e);
-                    continue;
-                }
-            }
-        }
-        let flush_now = match shared.sync {
-            SyncMode::Always => dirty,
-            // Also early when many ops wait: bounds the memory kept for a re-apply (and the
-            // loss window) under heavy load.
-            SyncMode::Periodic => {
-                dirty
-                    && (last_flush.elapsed() >= interval
-                        || stopping
-                        || unflushed.len() >= MAX_UNFLUSHED_OPS)
-            }
-            SyncMode::Off => dirty && stopping,
-        };
-        if flush_now {
-            if let Err(e) = engine.flush() {
-                if stopping {
-                    error!(error = %e, lost_ops = unflushed.len(), "shutting down with unwritten state");
-                    return;
-                }
-                retry(&mut failing, &mut backend, "flush", e);
-                continue;
-            }
-            unflushed.clear();
-            dirty = false;
-            last_flush = Instant::now();
-        }
-        // A burst must not leave its high-water capacity behind.
-        for v in [&mut batch, &mut unflushed] {
-            if v.is_empty() && v.capacity() > OPS_KEPT {
-                v.shrink_to(OPS_KEPT);
-            }
-        }
-        if failing {
-            warn!("persistence recovered");
-            failing = false;
-        }
-        // In "always" mode a ticket is durable once flushed; otherwise once applied.
-        if shared.sync != SyncMode::Always || !dirty {
-            shared.flushed.send_replace(batch_ticket);
-        }
-        if stopping && batch.is_empty() && lock(&shared.pending).ops.is_empty() {
-            return;
-        }
-    }
-}
-
-/// Cancels, within one batch, the writes of messages that were queued and completed before the
-/// batch reached the disk: a `MsgPut`, its `MsgState`s and its `MsgDel` all in the same batch
-/// leave nothing to write. With subscribers that keep up, most messages never touch the disk,
-/// and the acknowledgements that waited for them are still only sent once the batch is done
-/// (by then the message has been delivered and acknowledged end to end).
-#[derive(Default)]
-struct Compactor {
-    /// (client, seq) -> indices in the batch of its `MsgPut` and `MsgState`s.
-    open: std::collections::HashMap<(Arc<str>, u64), Vec<usize>>,
-    drop: Vec<bool>,
-}
-
-impl Compactor {
-    fn compact(&mut self, batch: &mut Vec<Op>) {
-        self.open.clear();
-        self.drop.clear();
-        self.drop.resize(batch.len(), false);
-        let mut dropped = 0;
-        for (i, op) in batch.iter().enumerate() {
-            match op {
-                Op::MsgPut { client, seq, .. } => {
-                    self.open.insert((client.clone(), *seq), vec![i]);
-                }
-                Op::MsgState { client, seq, .. } => {
-                    if let Some(v) = self.open.get_mut(&(client.clone(), *seq)) {
-                        v.push(i);
-                    }
-                }
-                Op::MsgDel { client, seq } => {
-                    if let Some(v) = self.open.remove(&(client.clone(), *seq)) {
-                        for j in v {
-                            self.drop[j] = true;
-                        }
-                        self.drop[i] = true;
-                        dropped += 1;
-                    }
-                }
-                // Sequence numbers restart with a new session: forget the old one's.
-                Op::SessionDel { client } => self.open.retain(|(c, _), _| c != client),
-                _ => {}
-            }
-        }
-        if dropped > 0 {
-            let mut i = 0;
-            batch.retain(|_| {
-                let keep = !self.drop[i];
-                i += 1;
-                keep
-            });
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(c: &Arc<str>, seq: u64) -> Op {
-        Op::MsgPut {
-            client: c.clone(),
-            seq,
-            msg: StoredMessage {
-                topic: "t".into(),
-                payload: Bytes::from_static(b"x"),
-                qos: 1,
-                retain: false,
-            },
-        }
-    }
-
-    fn kinds(batch: &[Op]) -> Vec<String> {
-        batch
-            .iter()
-            .map(|op| match op {
-                Op::MsgPut { seq, .. } => format!("put{seq}"),
-                Op::MsgState { seq, .. } => format!("state{seq}"),
-                Op::MsgDel { seq, .. } => format!("del{seq}"),
-                Op::SessionDel { .. } => "sdel".into(),
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    /// A message queued, sent and acknowledged within one batch writes nothing; one whose put
-    /// was written in an earlier batch keeps its delete; an open one keeps everything.
-    #[test]
-    fn completed_messages_cancel_within_a_batch() {
-        let c: Arc<str> = "c".into();
-        let state = |seq| Op::MsgState {
-            client: c.clone(),
-            seq,
-            state: StoredState::Sent(1),
-        };
-        let del = |seq| Op::MsgDel {
-            client: c.clone(),
-            seq,
-        };
-        let mut batch = vec![put(&c, 1), state(1), put(&c, 2), del(1), del(7), state(2)];
-        Compactor::default().compact(&mut batch);
-        assert_eq!(kinds(&batch), ["put2", "del7", "state2"]);
-    }
-
-    /// Sequence numbers of a removed session never cancel the new session's messages.
-    #[test]
-    fn session_delete_separates_sequence_numbers() {
-        let c: Arc<str> = "c".into();
-        let mut batch = vec![
-            put(&c, 1),
-            Op::SessionDel { client: c.clone() },
-            Op::MsgDel {
-                client: c.clone(),
-                seq: 1,
-            },
-        ];
-        Compactor::default().compact(&mut batch);
-        assert_eq!(kinds(&batch), ["put1", "sdel", "del1"]);
-    }
+    dir::prepare(&config.path)?;
+    // Lock the new directory before letting go of the old one (which moved with its lock).
+    let new_lock = dir::lock(&config.path)?;
+    drop(old_lock);
+    Ok(new_lock)
 }

@@ -1,56 +1,78 @@
 //! The sled (0.34) storage engine behind `Backend`.
-//! L1: sled only. Layout: one tree per kind of record; keys start with the client id as a
-//! 2-byte length plus its bytes, so one session's records are one prefix range and sort by
-//! sequence number (big-endian) within it.
+//! L1: sled only. Invariants: every record lives in one tree, so each batch the writer hands
+//! over is one `apply_batch`, which sled recovers whole or not at all (a QoS 2 packet id and the
+//! copies routed for it can never be split by a crash); the tree carries a format version
+//! that is checked before anything is read, so a future layout is refused, never misread.
+//!
+//! Layout (format 2): a key is one byte of record kind, then (for per-client records) the
+//! client id as a 2-byte big-endian length plus its bytes, then the rest. One session's records
+//! of one kind are one prefix range, and its messages sort by sequence number.
+//!
+//! | kind | rest of key | value |
+//! |---|---|---|
+//! | `S` session | - | empty |
+//! | `B` subscription | filter | granted QoS (1 byte) |
+//! | `M` queued/in-flight message | seq (u64 BE) | `encode_msg` |
+//! | `T` its in-flight state | seq (u64 BE) | tag (1 = sent, 2 = released), packet id (u16 BE) |
+//! | `Q` inbound QoS 2 id | packet id (u16 BE) | empty |
+//! | `R` retained message | topic (no client id) | `encode_msg` |
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tracing::{error, info};
 
-use super::{Backend, Op, Snapshot, StoreError, StoredEntry, StoredMessage, StoredState};
+use super::{legacy, Backend, Op, Snapshot, StoreError, StoredEntry, StoredMessage, StoredState};
 use crate::config::SyncMode;
 
-/// sled database with the broker's trees.
-pub(crate) struct SledBackend {
-    db: sled::Db,
-    sessions: sled::Tree,
-    subs: sled::Tree,
-    msgs: sled::Tree,
-    qos2: sled::Tree,
-    retained: sled::Tree,
+/// The tree holding every record.
+const TREE: &str = "brokerd";
+/// Key of the format version (sorts before every record kind).
+const FORMAT_KEY: &[u8] = b"\0format";
+/// The layout this code reads and writes. Format 1 was one tree per record kind (0.1.0).
+pub(crate) const FORMAT: u32 = 2;
+
+mod kind {
+    pub(super) const SESSION: u8 = b'S';
+    pub(super) const SUB: u8 = b'B';
+    pub(super) const MSG: u8 = b'M';
+    pub(super) const STATE: u8 = b'T';
+    pub(super) const QOS2: u8 = b'Q';
+    pub(super) const RETAINED: u8 = b'R';
 }
 
-fn prefix(client: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + client.len() + 8);
+/// The kinds of per-client records, removed with their session.
+const CLIENT_KINDS: [u8; 5] = [kind::SESSION, kind::SUB, kind::MSG, kind::STATE, kind::QOS2];
+
+/// sled database with the broker's tree.
+pub(crate) struct SledBackend {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// `kind`, the client id (2-byte length + bytes), then `rest`.
+fn key(kind: u8, client: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + client.len() + rest.len());
+    k.push(kind);
     // Client ids are at most 65,535 bytes (a UTF-8 string field).
     k.extend_from_slice(&(client.len() as u16).to_be_bytes());
     k.extend_from_slice(client.as_bytes());
-    k
-}
-
-fn key(client: &str, rest: &[u8]) -> Vec<u8> {
-    let mut k = prefix(client);
     k.extend_from_slice(rest);
     k
 }
 
-/// Splits a key into (client id, rest).
-fn split_key(k: &[u8]) -> Option<(String, &[u8])> {
+/// Splits the part of a key after its kind byte into (client id, rest).
+fn split_client(k: &[u8]) -> Option<(String, &[u8])> {
     let len = usize::from(u16::from_be_bytes([*k.first()?, *k.get(1)?]));
     let id = k.get(2..2 + len)?;
     Some((String::from_utf8(id.to_vec()).ok()?, &k[2 + len..]))
 }
 
-/// Message record: state(1) pkid(2) qos(1) retain(1) topic_len(2) topic payload.
-fn encode_msg(msg: &StoredMessage, state: StoredState) -> Vec<u8> {
-    let (tag, pkid) = match state {
-        StoredState::Queued => (0u8, 0u16),
-        StoredState::Sent(p) => (1, p),
-        StoredState::Released(p) => (2, p),
-    };
-    let mut v = Vec::with_capacity(7 + msg.topic.len() + msg.payload.len());
-    v.push(tag);
-    v.extend_from_slice(&pkid.to_be_bytes());
+/// Message record: qos(1) retain(1) topic_len(2) topic payload.
+fn encode_msg(msg: &StoredMessage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + msg.topic.len() + msg.payload.len());
     v.push(msg.qos);
     v.push(u8::from(msg.retain));
     v.extend_from_slice(&(msg.topic.len() as u16).to_be_bytes());
@@ -59,35 +81,50 @@ fn encode_msg(msg: &StoredMessage, state: StoredState) -> Vec<u8> {
     v
 }
 
-fn decode_msg(v: &[u8]) -> Option<(StoredMessage, StoredState)> {
-    let (&tag, rest) = v.split_first()?;
-    let pkid = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
-    let qos = *rest.get(2)?;
-    let retain = *rest.get(3)? != 0;
-    let tlen = usize::from(u16::from_be_bytes([*rest.get(4)?, *rest.get(5)?]));
-    let topic = std::sync::Arc::from(std::str::from_utf8(rest.get(6..6 + tlen)?).ok()?);
-    let payload = Bytes::copy_from_slice(rest.get(6 + tlen..)?);
-    let state = match tag {
-        0 => StoredState::Queued,
-        1 if pkid != 0 => StoredState::Sent(pkid),
-        2 if pkid != 0 => StoredState::Released(pkid),
+fn decode_msg(v: &[u8]) -> Option<StoredMessage> {
+    let qos = *v.first()?;
+    let retain = match *v.get(1)? {
+        0 => false,
+        1 => true,
         _ => return None,
     };
-    if qos > 2 {
-        return None;
-    }
-    Some((
-        StoredMessage {
-            topic,
-            payload,
-            qos,
-            retain,
-        },
-        state,
-    ))
+    let tlen = usize::from(u16::from_be_bytes([*v.get(2)?, *v.get(3)?]));
+    let topic = Arc::from(std::str::from_utf8(v.get(4..4 + tlen)?).ok()?);
+    let payload = Bytes::copy_from_slice(v.get(4 + tlen..)?);
+    (qos <= 2).then_some(StoredMessage {
+        topic,
+        payload,
+        qos,
+        retain,
+    })
 }
 
+fn encode_state(state: StoredState) -> Option<[u8; 3]> {
+    let (tag, pkid) = match state {
+        StoredState::Queued => return None,
+        StoredState::Sent(p) => (1u8, p),
+        StoredState::Released(p) => (2, p),
+    };
+    let [hi, lo] = pkid.to_be_bytes();
+    Some([tag, hi, lo])
+}
+
+fn decode_state(v: &[u8]) -> Option<StoredState> {
+    let [tag, hi, lo] = v.try_into().ok()?;
+    match (tag, u16::from_be_bytes([hi, lo])) {
+        (_, 0) => None,
+        (1, p) => Some(StoredState::Sent(p)),
+        (2, p) => Some(StoredState::Released(p)),
+        _ => None,
+    }
+}
+
+/// The writes of one batch, last write per key winning; `None` removes.
+type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 impl SledBackend {
+    /// Opens (creating if needed) the database in the existing directory `path`, checks its
+    /// format version, and upgrades a format 1 directory in place.
     pub(crate) fn open(
         path: &Path,
         sync: SyncMode,
@@ -102,39 +139,72 @@ impl SledBackend {
             _ => cfg.flush_every_ms(None),
         };
         let db = cfg.open()?;
-        Ok(SledBackend {
-            sessions: db.open_tree("sessions")?,
-            subs: db.open_tree("subs")?,
-            msgs: db.open_tree("msgs")?,
-            qos2: db.open_tree("qos2")?,
-            retained: db.open_tree("retained")?,
-            db,
-        })
+        let tree = db.open_tree(TREE)?;
+        let backend = SledBackend { db, tree };
+        backend.check_format(path)?;
+        Ok(backend)
     }
 
-    fn remove_prefix(tree: &sled::Tree, p: &[u8]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for kv in tree.scan_prefix(p) {
-            let (k, _) = kv?;
-            batch.remove(k);
+    /// Refuses a layout newer than ours; stamps a new database; upgrades format 1.
+    fn check_format(&self, path: &Path) -> Result<(), StoreError> {
+        match self.tree.get(FORMAT_KEY)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(&*v)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("the format version record is malformed"))?;
+                if found != FORMAT {
+                    return Err(StoreError::Format {
+                        path: path.to_owned(),
+                        found,
+                    });
+                }
+                // An upgrade that stopped after its batch was durable: finish it.
+                legacy::drop_trees(&self.db)?;
+                Ok(())
+            }
+            None if !self.tree.is_empty() => {
+                Err(StoreError::Corrupt("records without a format version"))
+            }
+            None => {
+                let ops = legacy::read(&self.db)?;
+                let mut writes = self.writes(&ops)?;
+                writes.insert(FORMAT_KEY.to_vec(), Some(FORMAT.to_be_bytes().to_vec()));
+                self.apply_writes(writes)?;
+                self.db.flush()?;
+                if !ops.is_empty() {
+                    legacy::drop_trees(&self.db)?;
+                    self.db.flush()?;
+                    info!(
+                        path = %path.display(),
+                        records = ops.len(),
+                        "data directory upgraded from format 1 to format {FORMAT}"
+                    );
+                }
+                Ok(())
+            }
         }
-        tree.apply_batch(batch)?;
-        Ok(())
     }
-}
 
-impl Backend for SledBackend {
-    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+    /// Turns operations into the writes of one batch, in order.
+    fn writes(&self, ops: &[Op]) -> Result<Writes, StoreError> {
+        let mut w = Writes::new();
         for op in ops {
             match op {
                 Op::SessionPut { client } => {
-                    self.sessions.insert(prefix(client), &[])?;
+                    w.insert(key(kind::SESSION, client, &[]), Some(Vec::new()));
                 }
                 Op::SessionDel { client } => {
-                    let p = prefix(client);
-                    self.sessions.remove(&p)?;
-                    for t in [&self.subs, &self.msgs, &self.qos2] {
-                        Self::remove_prefix(t, &p)?;
+                    for k in CLIENT_KINDS {
+                        let p = key(k, client, &[]);
+                        for kv in self.tree.scan_prefix(&p) {
+                            w.insert(kv?.0.to_vec(), None);
+                        }
+                        for (_, v) in w
+                            .range_mut(p.clone()..)
+                            .take_while(|(k, _)| k.starts_with(&p))
+                        {
+                            *v = None;
+                        }
                     }
                 }
                 Op::SubPut {
@@ -142,44 +212,67 @@ impl Backend for SledBackend {
                     filter,
                     qos,
                 } => {
-                    self.subs.insert(key(client, filter.as_bytes()), &[*qos])?;
+                    w.insert(key(kind::SUB, client, filter.as_bytes()), Some(vec![*qos]));
                 }
                 Op::SubDel { client, filter } => {
-                    self.subs.remove(key(client, filter.as_bytes()))?;
+                    w.insert(key(kind::SUB, client, filter.as_bytes()), None);
                 }
                 Op::MsgPut { client, seq, msg } => {
-                    self.msgs.insert(
-                        key(client, &seq.to_be_bytes()),
-                        encode_msg(msg, StoredState::Queued),
-                    )?;
+                    let seq = seq.to_be_bytes();
+                    w.insert(key(kind::MSG, client, &seq), Some(encode_msg(msg)));
+                    w.insert(key(kind::STATE, client, &seq), None);
                 }
                 Op::MsgState { client, seq, state } => {
-                    let k = key(client, &seq.to_be_bytes());
-                    if let Some(v) = self.msgs.get(&k)? {
-                        if let Some((msg, _)) = decode_msg(&v) {
-                            self.msgs.insert(k, encode_msg(&msg, *state))?;
-                        }
-                    }
+                    let v = encode_state(*state).map(|s| s.to_vec());
+                    w.insert(key(kind::STATE, client, &seq.to_be_bytes()), v);
                 }
                 Op::MsgDel { client, seq } => {
-                    self.msgs.remove(key(client, &seq.to_be_bytes()))?;
+                    let seq = seq.to_be_bytes();
+                    w.insert(key(kind::MSG, client, &seq), None);
+                    w.insert(key(kind::STATE, client, &seq), None);
                 }
                 Op::Qos2Put { client, pkid } => {
-                    self.qos2.insert(key(client, &pkid.to_be_bytes()), &[])?;
+                    w.insert(
+                        key(kind::QOS2, client, &pkid.to_be_bytes()),
+                        Some(Vec::new()),
+                    );
                 }
                 Op::Qos2Del { client, pkid } => {
-                    self.qos2.remove(key(client, &pkid.to_be_bytes()))?;
+                    w.insert(key(kind::QOS2, client, &pkid.to_be_bytes()), None);
                 }
                 Op::RetainPut { msg } => {
-                    self.retained
-                        .insert(msg.topic.as_bytes(), encode_msg(msg, StoredState::Queued))?;
+                    let mut k = vec![kind::RETAINED];
+                    k.extend_from_slice(msg.topic.as_bytes());
+                    w.insert(k, Some(encode_msg(msg)));
                 }
                 Op::RetainDel { topic } => {
-                    self.retained.remove(topic.as_bytes())?;
+                    let mut k = vec![kind::RETAINED];
+                    k.extend_from_slice(topic.as_bytes());
+                    w.insert(k, None);
                 }
             }
         }
+        Ok(w)
+    }
+
+    /// One atomic batch.
+    fn apply_writes(&self, writes: Writes) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch)?;
         Ok(())
+    }
+}
+
+impl Backend for SledBackend {
+    fn apply(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let writes = self.writes(ops)?;
+        self.apply_writes(writes)
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -189,72 +282,109 @@ impl Backend for SledBackend {
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let mut snap = Snapshot::default();
-        for kv in self.sessions.iter() {
-            let (k, _) = kv?;
-            match split_key(&k) {
+        let mut states: HashMap<(String, u64), StoredState> = HashMap::new();
+        let mut corrupt = 0usize;
+        let mut orphans = 0usize;
+        // Sessions first: a record of a session that is not stored is an orphan.
+        for kv in self.tree.scan_prefix([kind::SESSION]) {
+            match split_client(&kv?.0[1..]) {
                 Some((id, [])) => {
                     snap.sessions.entry(id).or_default();
                 }
-                _ => snap.corrupt_records += 1,
+                _ => corrupt += 1,
             }
         }
-        for kv in self.subs.iter() {
+        for kv in self.tree.iter() {
             let (k, v) = kv?;
-            let parsed = split_key(&k).and_then(|(id, f)| {
-                let f = std::str::from_utf8(f).ok()?.to_owned();
-                Some((id, f, *v.first()?))
-            });
-            match parsed {
-                Some((id, f, q)) if q <= 2 => {
-                    if let Some(s) = snap.sessions.get_mut(&id) {
-                        s.subscriptions.push((f, q));
-                    }
+            let Some((&kind, rest)) = k.split_first() else {
+                corrupt += 1;
+                continue;
+            };
+            if kind == kind::RETAINED {
+                match decode_msg(&v) {
+                    Some(m) if m.topic.as_bytes() == rest => snap.retained.push(m),
+                    _ => corrupt += 1,
                 }
-                _ => snap.corrupt_records += 1,
+                continue;
             }
-        }
-        for kv in self.msgs.iter() {
-            let (k, v) = kv?;
-            let parsed = split_key(&k).and_then(|(id, seq)| {
-                let seq = u64::from_be_bytes(seq.try_into().ok()?);
-                let (msg, state) = decode_msg(&v)?;
-                Some((id, StoredEntry { seq, msg, state }))
-            });
-            match parsed {
-                Some((id, e)) => {
-                    if let Some(s) = snap.sessions.get_mut(&id) {
-                        s.messages.push(e);
+            if *k == *FORMAT_KEY {
+                continue;
+            }
+            let Some((id, rest)) = split_client(rest) else {
+                corrupt += 1;
+                continue;
+            };
+            let seq = || rest.try_into().ok().map(u64::from_be_bytes);
+            let ok = match kind {
+                kind::SESSION => true,
+                kind::SUB => match (std::str::from_utf8(rest), v.first()) {
+                    (Ok(f), Some(&q)) if q <= 2 && v.len() == 1 => {
+                        match snap.sessions.get_mut(&id) {
+                            Some(s) => s.subscriptions.push((f.to_owned(), q)),
+                            None => orphans += 1,
+                        }
+                        true
                     }
-                }
-                None => snap.corrupt_records += 1,
-            }
-        }
-        for kv in self.qos2.iter() {
-            let (k, _) = kv?;
-            let parsed = split_key(&k)
-                .and_then(|(id, p)| Some((id, u16::from_be_bytes(p.try_into().ok()?))));
-            match parsed {
-                Some((id, pkid)) => {
-                    if let Some(s) = snap.sessions.get_mut(&id) {
-                        s.inbound_qos2.push(pkid);
+                    _ => false,
+                },
+                kind::MSG => match (seq(), decode_msg(&v)) {
+                    (Some(seq), Some(msg)) => {
+                        match snap.sessions.get_mut(&id) {
+                            Some(s) => s.messages.push(StoredEntry {
+                                seq,
+                                msg,
+                                state: StoredState::Queued,
+                            }),
+                            None => orphans += 1,
+                        }
+                        true
                     }
+                    _ => false,
+                },
+                kind::STATE => match (seq(), decode_state(&v)) {
+                    (Some(seq), Some(state)) => {
+                        states.insert((id, seq), state);
+                        true
+                    }
+                    _ => false,
+                },
+                kind::QOS2 => match <[u8; 2]>::try_from(rest) {
+                    Ok(p) if v.is_empty() && u16::from_be_bytes(p) != 0 => {
+                        match snap.sessions.get_mut(&id) {
+                            Some(s) => s.inbound_qos2.push(u16::from_be_bytes(p)),
+                            None => orphans += 1,
+                        }
+                        true
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            if !ok {
+                corrupt += 1;
+            }
+        }
+        for (id, s) in &mut snap.sessions {
+            for e in &mut s.messages {
+                if let Some(state) = states.remove(&(id.clone(), e.seq)) {
+                    e.state = state;
                 }
-                None => snap.corrupt_records += 1,
             }
         }
-        for kv in self.retained.iter() {
-            let (_, v) = kv?;
-            match decode_msg(&v) {
-                Some((m, _)) => snap.retained.push(m),
-                None => snap.corrupt_records += 1,
-            }
-        }
-        if snap.corrupt_records > 0 {
-            tracing::error!(
-                records = snap.corrupt_records,
+        orphans += states.len();
+        if corrupt > 0 {
+            error!(
+                records = corrupt,
                 "skipped undecodable records in the data directory"
             );
         }
+        if orphans > 0 {
+            error!(
+                records = orphans,
+                "skipped records of no stored session (or of no stored message)"
+            );
+        }
+        snap.corrupt_records = corrupt + orphans;
         Ok(snap)
     }
 }
@@ -272,17 +402,48 @@ mod tests {
         }
     }
 
-    /// Everything written comes back in order after reopening; a deleted session leaves nothing.
+    /// Opens `path`, retrying while a just-dropped instance's background I/O threads still
+    /// hold sled's file lock (they let go within milliseconds).
+    fn try_open(path: &Path) -> Result<SledBackend, StoreError> {
+        std::fs::create_dir_all(path).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match SledBackend::open(path, SyncMode::Always, 1 << 24) {
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && format!("{e:?}").contains("could not acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open(path: &Path) -> SledBackend {
+        try_open(path).unwrap()
+    }
+
+    /// Everything written comes back in order after reopening; a deleted session leaves
+    /// nothing, also when it was written in the same batch as its removal.
     #[test]
     fn round_trip_and_session_delete() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let (a, b): (std::sync::Arc<str>, std::sync::Arc<str>) = ("a".into(), "b".into());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         {
-            let mut s = SledBackend::open(&path, SyncMode::Always, 1 << 24).unwrap();
+            let mut s = open(&path);
+            s.apply(&[
+                Op::SessionPut { client: b.clone() },
+                Op::MsgPut {
+                    client: b.clone(),
+                    seq: 1,
+                    msg: msg("y", b"old"),
+                },
+            ])
+            .unwrap();
             s.apply(&[
                 Op::SessionPut { client: a.clone() },
-                Op::SessionPut { client: b.clone() },
                 Op::SubPut {
                     client: a.clone(),
                     filter: "x/#".into(),
@@ -308,13 +469,18 @@ mod tests {
                     seq: 1,
                     state: StoredState::Released(7),
                 },
+                Op::MsgState {
+                    client: a.clone(),
+                    seq: 2,
+                    state: StoredState::Sent(8),
+                },
                 Op::Qos2Put {
                     client: a.clone(),
                     pkid: 9,
                 },
                 Op::MsgPut {
                     client: b.clone(),
-                    seq: 1,
+                    seq: 2,
                     msg: msg("y", b"b"),
                 },
                 Op::RetainPut {
@@ -325,16 +491,75 @@ mod tests {
             .unwrap();
             s.flush().unwrap();
         }
-        let mut s = SledBackend::open(&path, SyncMode::Always, 1 << 24).unwrap();
+        let mut s = open(&path);
         let snap = s.load().unwrap();
+        assert_eq!(snap.corrupt_records, 0);
         assert_eq!(snap.sessions.len(), 1);
         let sa = &snap.sessions["a"];
         assert_eq!(sa.subscriptions, vec![("x/#".to_owned(), 2)]);
-        let seqs: Vec<u64> = sa.messages.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 300]);
-        assert_eq!(sa.messages[0].state, StoredState::Released(7));
+        let got: Vec<(u64, StoredState)> = sa.messages.iter().map(|e| (e.seq, e.state)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, StoredState::Released(7)),
+                (2, StoredState::Sent(8)),
+                (300, StoredState::Queued)
+            ]
+        );
         assert_eq!(sa.inbound_qos2, vec![9]);
         assert_eq!(snap.retained, vec![msg("r", b"kept")]);
-        assert_eq!(s.msgs.scan_prefix(prefix("b")).count(), 0);
+        assert_eq!(s.tree.scan_prefix(key(kind::MSG, "b", &[])).count(), 0);
+    }
+
+    /// A directory written by a newer format is refused, not misread.
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = open(&path);
+            s.tree
+                .insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes())
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        match try_open(&path) {
+            Err(StoreError::Format { found, .. }) => assert_eq!(found, FORMAT + 1),
+            Err(e) => panic!("expected a format error, got {e}"),
+            Ok(_) => panic!("opened a newer format"),
+        }
+    }
+
+    /// A format 1 directory (one tree per kind, as 0.1.0 wrote it) is upgraded in place with
+    /// everything in it, and the old trees are gone.
+    #[test]
+    fn format_1_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        legacy::tests::write_format_1(&path);
+        let mut s = open(&path);
+        let snap = s.load().unwrap();
+        assert_eq!(snap.corrupt_records, 0);
+        let sa = &snap.sessions["a"];
+        assert_eq!(sa.subscriptions, vec![("x/#".to_owned(), 1)]);
+        let got: Vec<(u64, StoredState, &[u8])> = sa
+            .messages
+            .iter()
+            .map(|e| (e.seq, e.state, &e.msg.payload[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, StoredState::Sent(5), &b"one"[..]),
+                (2, StoredState::Queued, &b"two"[..])
+            ]
+        );
+        assert_eq!(sa.inbound_qos2, vec![3]);
+        assert_eq!(snap.retained.len(), 1);
+        assert!(!s.db.tree_names().iter().any(|n| &**n == b"msgs"));
+        drop(s);
+        // And it opens again as format 2.
+        let mut s = open(&path);
+        assert_eq!(s.load().unwrap().sessions["a"].messages.len(), 2);
     }
 }
