@@ -189,7 +189,9 @@ impl Outbound {
     }
 
     /// Puts back an in-flight message loaded from disk (in sequence order, before any queued).
+    /// New ids continue after the last one restored, as if the broker had not stopped.
     pub(crate) fn restore_inflight(&mut self, pkid: u16, delivery: Delivery, state: InflightState) {
+        self.last_pkid = pkid;
         self.inflight.push_back(InflightEntry {
             pkid,
             delivery,

@@ -16,6 +16,7 @@ use super::io::{Io, ReadError};
 use super::{ConnContext, Connection};
 use crate::error::ProtocolError;
 use crate::protocol::codec::{self, Connect, Packet};
+use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
 
 /// CONNACK return codes ([MQTT-3.2.2]).
@@ -69,11 +70,16 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    accept_connect(io, connect, ctx).await
+    accept_connect(io, connect, ctx, shutdown).await
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
-async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Option<Connection> {
+async fn accept_connect(
+    mut io: Io,
+    c: Connect,
+    ctx: &Arc<ConnContext>,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
     let client_id: ClientId = if c.client_id.is_empty() {
@@ -100,7 +106,24 @@ async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Optio
         return None;
     }
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
+    let store = ctx.broker.store();
+    let before = store.last_ticket();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    // sync = "always": CONNACK reveals the session (created, resumed with what its previous
+    // connection changed, or discarded), and resumed in-flight messages are re-sent right
+    // after it; all of that is on disk first.
+    let after = store.last_ticket();
+    if store.ack_policy() == AckPolicy::Durable && (after > before || !c.clean_session) {
+        let durable = tokio::select! {
+            r = timeout(ctx.connect_timeout, store.durable(after)) => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        };
+        if !durable {
+            warn!("session state not on disk within limits.connect_timeout_ms (disk full or failing?): closed without CONNACK");
+            ctx.broker.detach(&attached.session, attached.conn_id);
+            return None;
+        }
+    }
     // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
     info!(
@@ -120,10 +143,9 @@ async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Optio
         pending_drain: true,
         batch: Vec::new(),
         ctl: attached.ctl,
-        flushed: if ctx.broker.store().acks_wait() {
-            ctx.broker.store().flushed()
-        } else {
-            None
+        flushed: match store.ack_policy() {
+            AckPolicy::Immediate => None,
+            AckPolicy::Durable | AckPolicy::Bounded { .. } => store.flushed(),
         },
         pending_acks: VecDeque::new(),
         pending_subacks: 0,

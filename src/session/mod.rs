@@ -28,7 +28,7 @@ use crate::broker::Broker;
 use crate::error::ProtocolError;
 use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
-use crate::store::{Op, StoredState};
+use crate::store::{AckPolicy, Op, StoredState};
 use crate::topic::ClientId;
 use io::{Fill, Io, WRITE_HIGH_WATER};
 
@@ -104,13 +104,16 @@ struct Connection {
     will: Option<Box<codec::Will>>,
     /// The session queue may have something for us.
     pending_drain: bool,
-    /// Reused between drains so moving messages out of the queue does not allocate.
-    batch: Vec<Outgoing>,
+    /// Reused between drains so moving messages out of the queue does not allocate; each
+    /// with the ticket its PUBLISH must wait for (0: none).
+    batch: Vec<(Outgoing, u64)>,
     /// Wakes this connection and says why (queue, takeover, keep-alive).
     ctl: Arc<ConnCtl>,
-    /// The store's durable ticket, when acknowledgements wait for the disk (sync = "always").
+    /// The store's durable ticket, when packets may wait for the disk (sync = "always" or
+    /// "periodic"; see `AckPolicy`).
     flushed: Option<watch::Receiver<u64>>,
-    /// Acknowledgements waiting for their ticket to be durable, in packet order ([MQTT-4.6.0-2]).
+    /// Packets waiting for their ticket to be durable, in order ([MQTT-4.6.0-2]): once one
+    /// waits, every packet after it waits too.
     pending_acks: VecDeque<(u64, Deferred)>,
     /// SUBACKs among `pending_acks`: retained messages must not overtake their SUBACK.
     pending_subacks: usize,
@@ -118,14 +121,21 @@ struct Connection {
     persisted: bool,
 }
 
-/// An acknowledgement that may have to wait for the disk.
+/// A packet that reveals stored state, so it may have to wait until that state is durable.
 enum Deferred {
     PubAck(u16),
     PubRec(u16),
+    /// Outbound QoS 2: PUBREC recorded (message released).
+    PubRel(u16),
+    /// Inbound QoS 2: packet id forgotten.
+    PubComp(u16),
     SubAck(u16, Vec<u8>),
+    UnsubAck(u16),
+    /// A QoS 2 delivery whose packet id is recorded as sent.
+    Publish(Outgoing),
 }
 
-/// Above this many acknowledgements waiting for the disk, stop reading the client's input.
+/// Above this many packets waiting for the disk, stop reading the client's input.
 const MAX_PENDING_ACKS: usize = 4096;
 
 /// What woke the session loop.
@@ -166,6 +176,7 @@ impl Connection {
             if self.pending_drain
                 && self.pending_subacks == 0
                 && self.io.pending_output() < WRITE_HIGH_WATER
+                && self.pending_acks.len() < MAX_PENDING_ACKS
             {
                 self.drain();
             }
@@ -264,16 +275,20 @@ impl Connection {
             Packet::PubRec(id) => self.on_ack(id, Outbound::on_pubrec),
             Packet::PubComp(id) => self.on_ack(id, Outbound::on_pubcomp),
             Packet::PubRel(id) => {
-                // [MQTT-4.3.3-2] forget the id (known or not) and complete with PUBCOMP.
+                // [MQTT-4.3.3-2] forget the id (known or not) and complete with PUBCOMP, once
+                // the id is gone from disk: a PUBCOMP before that, then a crash, and the id
+                // would come back to swallow the publisher's next message that reuses it.
                 let mut st = self.session.lock();
-                if st.inbound_qos2.remove(&id) && self.persisted {
+                let ticket = if st.inbound_qos2.remove(&id) && self.persisted {
                     self.ctx.broker.store().submit(Op::Qos2Del {
                         client: self.client_id.clone(),
                         pkid: id,
-                    });
-                }
+                    })
+                } else {
+                    0
+                };
                 drop(st);
-                codec::encode_pubcomp(&mut self.io.wbuf, id);
+                self.send_ack(Deferred::PubComp(id), self.wait_for(ticket));
                 Ok(())
             }
             Packet::Subscribe(s) => {
@@ -324,19 +339,25 @@ impl Connection {
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] method A: deliver on the first PUBLISH; a re-sent one with an
-                // id awaiting PUBREL is acknowledged again but not delivered again.
+                // id awaiting PUBREL is acknowledged again but not delivered again. The id and
+                // the copies routed for it reach the disk in one atomic batch (a group): a
+                // crash between them would either lose the message (id kept, copies not) or
+                // deliver it twice (copies kept, id not, the re-sent PUBLISH routed again).
+                let ctx = self.ctx.clone();
+                let group = self.persisted.then(|| ctx.broker.store().group());
                 let mut st = self.session.lock();
                 let first = st.inbound_qos2.insert(p.pkid);
                 if first && self.persisted {
-                    self.ctx.broker.store().submit(Op::Qos2Put {
+                    ctx.broker.store().submit(Op::Qos2Put {
                         client: self.client_id.clone(),
                         pkid: p.pkid,
                     });
                 }
                 drop(st);
                 if first {
-                    route(&self.ctx.broker, msg);
+                    route(&ctx.broker, msg);
                 }
+                drop(group);
                 let ticket = self.ticket_since(before);
                 self.send_ack(Deferred::PubRec(p.pkid), ticket);
             }
@@ -344,7 +365,7 @@ impl Connection {
         Ok(())
     }
 
-    /// The store's last ticket, when acknowledgements wait for the disk.
+    /// The store's last ticket, when packets may wait for the disk.
     fn ticket(&self) -> u64 {
         if self.flushed.is_some() {
             self.ctx.broker.store().last_ticket()
@@ -363,11 +384,34 @@ impl Connection {
         }
     }
 
-    /// Sends an acknowledgement now, or queues it until its ticket is durable. Once one waits,
-    /// the ones after it wait too, so acknowledgements keep the order of their packets.
+    /// A ticket returned by `submit`, if packets wait for the disk here (0 = no wait).
+    fn wait_for(&self, ticket: u64) -> u64 {
+        if self.flushed.is_some() {
+            ticket
+        } else {
+            0
+        }
+    }
+
+    /// Whether a packet waiting for `ticket` may go out now, per the store's `AckPolicy`.
+    fn ready(&self, ticket: u64, durable: u64) -> bool {
+        if ticket <= durable {
+            return true;
+        }
+        match self.ctx.broker.store().ack_policy() {
+            AckPolicy::Immediate => true,
+            AckPolicy::Durable => false,
+            // Keeps periodic mode's promise: nothing acknowledged waits on the disk longer
+            // than the gate without its acknowledgement waiting too.
+            AckPolicy::Bounded { gate_ms } => self.ctx.broker.store().backlog_age_ms() < gate_ms,
+        }
+    }
+
+    /// Sends a packet now, or queues it until its ticket is durable. Once one waits, the ones
+    /// after it wait too, so packets keep their order.
     fn send_ack(&mut self, ack: Deferred, ticket: u64) {
         let durable = self.flushed.as_ref().map_or(u64::MAX, |rx| *rx.borrow());
-        if self.pending_acks.is_empty() && ticket <= durable {
+        if self.pending_acks.is_empty() && self.ready(ticket, durable) {
             self.write_ack(ack);
             return;
         }
@@ -387,7 +431,7 @@ impl Connection {
         while self
             .pending_acks
             .front()
-            .is_some_and(|(t, _)| *t <= durable)
+            .is_some_and(|(t, _)| self.ready(*t, durable))
         {
             if let Some((_, ack)) = self.pending_acks.pop_front() {
                 if matches!(ack, Deferred::SubAck(..)) {
@@ -403,7 +447,11 @@ impl Connection {
         match ack {
             Deferred::PubAck(id) => codec::encode_puback(&mut self.io.wbuf, id),
             Deferred::PubRec(id) => codec::encode_pubrec(&mut self.io.wbuf, id),
+            Deferred::PubRel(id) => codec::encode_pubrel(&mut self.io.wbuf, id),
+            Deferred::PubComp(id) => codec::encode_pubcomp(&mut self.io.wbuf, id),
             Deferred::SubAck(id, codes) => codec::encode_suback(&mut self.io.wbuf, id, &codes),
+            Deferred::UnsubAck(id) => codec::encode_unsuback(&mut self.io.wbuf, id),
+            Deferred::Publish(o) => self.encode_delivery(&o),
         }
     }
 
@@ -412,7 +460,7 @@ impl Connection {
         pkid: u16,
         apply: fn(&mut Outbound, u16) -> AckOutcome,
     ) -> Result<(), DisconnectReason> {
-        let outcome = {
+        let (outcome, ticket) = {
             let mut st = self.session.lock();
             if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {
                 // Taken over: the new connection owns the window now; our kick is coming.
@@ -432,14 +480,16 @@ impl Connection {
                 }),
                 _ => None,
             };
-            if let Some(op) = op {
-                self.ctx.broker.store().submit(op);
-            }
-            outcome
+            let ticket = op.map_or(0, |op| self.ctx.broker.store().submit(op));
+            (outcome, ticket)
         };
         match outcome {
             AckOutcome::Completed { .. } => self.pending_drain = true,
-            AckOutcome::SendPubrel { .. } => codec::encode_pubrel(&mut self.io.wbuf, pkid),
+            // [MQTT-4.3.3-1] PUBREL only once "released" is on disk: after a crash that state
+            // is re-sent as PUBREL, never as PUBLISH DUP=1 after a PUBREL.
+            AckOutcome::SendPubrel { .. } => {
+                self.send_ack(Deferred::PubRel(pkid), self.wait_for(ticket))
+            }
             AckOutcome::Unknown => debug!(pkid, "acknowledgement for an unknown packet id"),
             AckOutcome::WrongAck => {
                 return Err(DisconnectReason::Violation(
@@ -481,11 +531,14 @@ impl Connection {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let before = self.ticket();
         for f in u.filters.into_iter().flatten() {
             self.ctx.broker.unsubscribe(&self.session, &f);
         }
-        // [MQTT-3.10.4-5] UNSUBACK even when nothing matched.
-        codec::encode_unsuback(&mut self.io.wbuf, u.pkid);
+        // [MQTT-3.10.4-5] UNSUBACK even when nothing matched; once a persistent session's
+        // removal is durable.
+        let ticket = self.ticket_since(before);
+        self.send_ack(Deferred::UnsubAck(u.pkid), ticket);
     }
 
     /// Moves what the window allows from the session queue into the write buffer. The queue
@@ -502,11 +555,12 @@ impl Connection {
             while bytes < DRAIN_BYTES && self.batch.len() < DRAIN_MESSAGES {
                 let Some(o) = st.out.next(&limits) else { break };
                 bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
+                let mut ticket = 0;
                 if o.delivery.seq != 0 {
                     // Under the session lock: the store sees this after the MsgPut.
                     let client = self.client_id.clone();
                     let seq = o.delivery.seq;
-                    self.ctx.broker.store().submit(if o.pkid == 0 {
+                    let t = self.ctx.broker.store().submit(if o.pkid == 0 {
                         Op::MsgDel { client, seq }
                     } else {
                         Op::MsgState {
@@ -515,27 +569,46 @@ impl Connection {
                             state: StoredState::Sent(o.pkid),
                         }
                     });
+                    // [MQTT-4.3.3] a QoS 2 PUBLISH goes out only once the message and its
+                    // packet id are on disk: after a crash it is re-sent with that id and
+                    // DUP=1, never delivered again under a new id (a duplicate), and no new
+                    // message gets an id the client still holds.
+                    if o.delivery.qos == QoS::ExactlyOnce {
+                        ticket = t;
+                    }
                 }
-                self.batch.push(o);
+                self.batch.push((o, ticket));
             }
             st.out.ready(&limits)
         };
-        for o in self.batch.drain(..) {
-            let d = &o.delivery;
-            if let Err(e) = codec::encode_publish(
-                &mut self.io.wbuf,
-                d.msg.topic.as_str(),
-                &d.msg.payload,
-                d.qos,
-                d.retain,
-                false,
-                o.pkid,
-            ) {
-                // Cannot happen for messages that came in through the codec; never panic.
-                error!(error = %e, "cannot encode a delivery; skipped");
+        let mut batch = std::mem::take(&mut self.batch);
+        for (o, ticket) in batch.drain(..) {
+            if ticket == 0 && self.pending_acks.is_empty() {
+                self.encode_delivery(&o);
+            } else {
+                let ticket = self.wait_for(ticket);
+                self.send_ack(Deferred::Publish(o), ticket);
             }
         }
+        self.batch = batch;
         self.pending_drain = more;
+    }
+
+    /// Appends a first delivery of a queued message to the write buffer.
+    fn encode_delivery(&mut self, o: &Outgoing) {
+        let d = &o.delivery;
+        if let Err(e) = codec::encode_publish(
+            &mut self.io.wbuf,
+            d.msg.topic.as_str(),
+            &d.msg.payload,
+            d.qos,
+            d.retain,
+            false,
+            o.pkid,
+        ) {
+            // Cannot happen for messages that came in through the codec; never panic.
+            error!(error = %e, "cannot encode a delivery; skipped");
+        }
     }
 
     /// [MQTT-4.4.0-1] re-sends unacknowledged PUBLISHes with DUP=1 and PUBRELs, in order.
