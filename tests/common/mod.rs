@@ -895,3 +895,4 @@ pub fn qos(n: u8) -> QoS {
         _ => QoS::ExactlyOnce,
     }
 }
+pub mod persist;
