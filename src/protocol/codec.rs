@@ -170,11 +170,31 @@ pub(crate) fn decode(
     buf: &mut BytesMut,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, ProtocolError> {
+    let Some((header_len, frame_len)) = frame(buf, max_packet_size)? else {
+        return Ok(None);
+    };
+    let (packet_type, flags) = (buf[0] >> 4, buf[0] & 0x0F);
+    let body = buf
+        .get(header_len..frame_len)
+        .ok_or(ProtocolError::Malformed("fixed header"))?;
+    let packet = decode_body(packet_type, flags, Reader(body))?;
+    buf.advance(frame_len);
+    Ok(Some(packet))
+}
+
+/// Frames the packet at the front of `buf` from its fixed header alone, with every check
+/// `decode` makes before the body: `Ok(Some((header_len, frame_len)))` once the whole frame is
+/// buffered, `Ok(None)` while it is not (and nothing refuses it yet). Cheap: it reads at most
+/// five bytes, so a caller can ask "would `decode` do anything now?" without decoding.
+pub(crate) fn frame(
+    buf: &[u8],
+    max_packet_size: usize,
+) -> Result<Option<(usize, usize)>, ProtocolError> {
     let Some(&byte1) = buf.first() else {
         return Ok(None);
     };
-    let (packet_type, flags) = (byte1 >> 4, byte1 & 0x0F);
-    check_type_and_flags(packet_type, flags)?;
+    let packet_type = byte1 >> 4;
+    check_type_and_flags(packet_type, byte1 & 0x0F)?;
     let frame_len = match mqttbytes::check(buf.iter(), max_packet_size) {
         Ok(header) => header.frame_length(),
         Err(mqttbytes::Error::InsufficientBytes(missing)) => {
@@ -197,13 +217,8 @@ pub(crate) fn decode(
         Err(_) => return Err(ProtocolError::Malformed("fixed header")),
     };
     let header_len = header_len(buf).ok_or(ProtocolError::MalformedLength)?;
-    let body = buf
-        .get(header_len..frame_len)
-        .ok_or(ProtocolError::Malformed("fixed header"))?;
-    check_fixed_size(packet_type, body.len())?;
-    let packet = decode_body(packet_type, flags, Reader(body))?;
-    buf.advance(frame_len);
-    Ok(Some(packet))
+    check_fixed_size(packet_type, frame_len.saturating_sub(header_len))?;
+    Ok(Some((header_len, frame_len)))
 }
 
 /// Length of the fixed header (type byte plus 1-4 length bytes), once it is complete.
@@ -1436,6 +1451,35 @@ mod tests {
             assert_eq!(out, reference, "remaining {remaining}");
             assert_eq!(one_publish(&out[6..]).payload.len(), remaining - 3);
         }
+    }
+
+    /// issue #8 item 1: `frame` says from the fixed header alone whether `decode` would act:
+    /// None while a frame is partial, its lengths once whole, the error as soon as it is refused.
+    #[test]
+    fn frame_reads_only_the_fixed_header() {
+        let pingreq = [0xC0, 0x00];
+        let publish = frame(0x32, &[0, 1, b'a', 0, 7, b'x', b'y']);
+        assert_eq!(super::frame(&[], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish[..1], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish[..8], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish, MAX).unwrap(), Some((2, 9)));
+        let mut two = publish.clone();
+        two.extend_from_slice(&pingreq);
+        assert_eq!(super::frame(&two, MAX).unwrap(), Some((2, 9)));
+        assert_eq!(super::frame(&pingreq, MAX).unwrap(), Some((2, 2)));
+        // Refused before the body is in: reserved type, too large, wrong fixed length.
+        assert!(matches!(
+            super::frame(&[0xF0], MAX),
+            Err(ProtocolError::ReservedPacketType(15))
+        ));
+        assert!(matches!(
+            super::frame(&[0x30, 0xFF, 0x7F], 100),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            super::frame(&[0x40, 0x03], MAX),
+            Err(ProtocolError::WrongRemainingLength { .. })
+        ));
     }
 
     /// Several packets append to one buffer (batched writes) and decode back in order.
