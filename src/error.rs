@@ -29,6 +29,10 @@ pub(crate) enum ProtocolError {
     ZeroPacketId,
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// An invalid filter in SUBSCRIBE or UNSUBSCRIBE closes the connection, as Mosquitto does
+    /// ([MQTT-4.8.0-1]); `error` names the rule, `filter` is the filter (cut to 256 bytes).
+    #[error("invalid topic filter {filter:?}: {error}")]
+    TopicFilter { error: TopicError, filter: String },
     #[error(
         "[MQTT-2.2.3] packet type {packet_type} must have remaining length {expected}, not {len}"
     )]

@@ -11,7 +11,7 @@ pub(crate) type ClientId = Arc<str>;
 /// Why a topic name or filter was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum TopicError {
-    #[error("empty topic")]
+    #[error("[MQTT-4.7.3-1] empty topic")]
     Empty,
     #[error("[MQTT-3.3.2-2] wildcard in topic name")]
     WildcardInName,

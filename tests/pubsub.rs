@@ -185,24 +185,24 @@ fn unsuback_is_sent_when_nothing_matched() {
     raw.ping();
 }
 
-/// [MQTT-3.8.4-5, -6] [MQTT-4.7.1-1..-3] SUBACK has one code per filter, in order; invalid
-/// filters get 0x80 while the valid ones in the same packet are granted and work.
+/// [MQTT-3.8.4-5, -6] SUBACK has one code per filter, in order, and every filter of the
+/// packet is granted and works. (Invalid filters no longer get 0x80: they close the
+/// connection, issue #8 item 2, see the tests below.)
 #[test]
-fn suback_codes_follow_filters_in_order_with_0x80_for_invalid() {
+fn suback_codes_follow_filters_in_order() {
     let b = BrokerProc::start("");
     let mut raw = Raw::connected(b.addr, "suback");
     raw.subscribe_many(
         0x0a0b,
         &[
             ("ok/1", 1),
-            ("a+", 0),
+            ("ok/+/x", 0),
             ("ok/2", 2),
-            ("sport/#/x", 1),
-            ("sport#", 0),
+            ("sport/#", 1),
             ("+/ok/#", 0),
-            ("a/b+/c", 2),
+            ("a/b/c", 2),
         ],
-        &[1, 0x80, 2, 0x80, 0x80, 0, 0x80],
+        &[1, 0, 2, 1, 0, 2],
     );
     raw.send(&publish_packet("ok/2", 1, false, false, 3, b"hello"));
     // PUBACK for our publish, and the message delivered back to us at QoS 1 (in either order).
@@ -216,6 +216,136 @@ fn suback_codes_follow_filters_in_order_with_0x80_for_invalid() {
         (1, false, "ok/2", &b"hello"[..]),
         "min(1, granted 2)"
     );
+}
+
+/// Invalid filters, each with the rule it breaks.
+const INVALID_FILTERS: [(&str, &str); 6] = [
+    ("", "[MQTT-4.7.3-1]"),
+    ("a/#/b", "[MQTT-4.7.1-2]"),
+    ("a#", "[MQTT-4.7.1-2]"),
+    ("a+", "[MQTT-4.7.1-3]"),
+    ("##", "[MQTT-4.7.1-2]"),
+    ("+a", "[MQTT-4.7.1-3]"),
+];
+
+/// Asserts the broker closes `raw` without answering, and logs that end once, at warn, naming
+/// `rule` and the filter.
+fn assert_closed_for(b: &BrokerProc, raw: &mut Raw, client_id: &str, filter: &str, rule: &str) {
+    let got = raw.read_until_closed();
+    assert!(
+        got.is_empty(),
+        "{filter:?}: expected no answer, got {got:02x?}"
+    );
+    let id = format!("client_id=\"{client_id}\"");
+    let quoted = format!("{filter:?}");
+    let parts = [
+        "WARN",
+        "disconnected: protocol violation",
+        rule,
+        &quoted,
+        &id,
+    ];
+    let log = b.wait_log_lines(&parts, 1);
+    let ends = log
+        .lines()
+        .filter(|l| l.contains("disconnected") && l.contains(&id))
+        .count();
+    assert_eq!(ends, 1, "one line for the end of {client_id}; log:\n{log}");
+}
+
+/// issue #8 item 2 [MQTT-4.7.1-1..-3] [MQTT-4.7.3-1] [MQTT-4.8.0-1]: a SUBSCRIBE with an
+/// invalid filter ("", "a/#/b", "a#", "a+", "##", "+a") closes the connection without SUBACK;
+/// the one warn line for the disconnect names the rule broken and the filter.
+#[test]
+fn invalid_filter_in_subscribe_closes_without_suback() {
+    let b = BrokerProc::start("");
+    for (i, (filter, rule)) in INVALID_FILTERS.into_iter().enumerate() {
+        let id = format!("bad-sub-{i}");
+        let mut raw = Raw::connected(b.addr, &id);
+        raw.send(&subscribe_packet(1, &[(filter, 0)]));
+        assert_closed_for(&b, &mut raw, &id, filter, rule);
+    }
+}
+
+/// issue #8 item 2 [MQTT-4.7.1-1..-3] [MQTT-4.7.3-1] [MQTT-4.8.0-1]: an UNSUBSCRIBE with an
+/// invalid filter closes the connection without UNSUBACK; the warn line names the rule.
+#[test]
+fn invalid_filter_in_unsubscribe_closes_without_unsuback() {
+    let b = BrokerProc::start("");
+    for (i, (filter, rule)) in INVALID_FILTERS.into_iter().enumerate() {
+        let id = format!("bad-unsub-{i}");
+        let mut raw = Raw::connected(b.addr, &id);
+        raw.send(&unsubscribe_packet(1, &[filter]));
+        assert_closed_for(&b, &mut raw, &id, filter, rule);
+    }
+}
+
+/// Publishes QoS 1 to each topic in order from a fresh client, each acknowledged (so routed).
+fn publish_acked(b: &BrokerProc, topics: &[&str]) {
+    let mut publisher = Raw::connected(b.addr, "filters-pub");
+    for (i, topic) in topics.iter().enumerate() {
+        let id = u16::try_from(i + 1).expect("id");
+        publisher.send(&publish_packet(
+            topic,
+            1,
+            false,
+            false,
+            id,
+            topic.as_bytes(),
+        ));
+        assert_eq!(publisher.expect_packet("PUBACK"), ack_packet(0x40, id));
+    }
+}
+
+/// The topics of the next `n` PUBLISHes `raw` receives (each acknowledged).
+fn next_topics(raw: &mut Raw, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (_, qos, _, topic, pkid, _) = parse_publish(&raw.expect_packet("PUBLISH"));
+            if qos == 1 {
+                raw.send(&ack_packet(0x40, pkid));
+            }
+            topic
+        })
+        .collect()
+}
+
+/// issue #8 item 2 [MQTT-4.7.1-2] [MQTT-4.8.0-1]: one invalid filter among valid ones closes
+/// the connection and none of the packet's filters is subscribed: the same persistent client,
+/// resumed, gets only what it subscribes afterwards.
+#[test]
+fn invalid_filter_among_valid_ones_subscribes_none() {
+    let b = BrokerProc::start("");
+    let (mut raw, _) = Raw::connected_with(b.addr, "mixed-sub", false);
+    raw.send(&subscribe_packet(
+        1,
+        &[("mix/1", 1), ("mix/#/x", 1), ("mix/2", 1)],
+    ));
+    assert_closed_for(&b, &mut raw, "mixed-sub", "mix/#/x", "[MQTT-4.7.1-2]");
+    let (mut raw, present) = Raw::connected_with(b.addr, "mixed-sub", false);
+    assert!(present, "the persistent session was kept");
+    raw.subscribe(2, "mix/marker", 1);
+    publish_acked(&b, &["mix/1", "mix/2", "mix/marker"]);
+    // The session queue keeps routing order: a subscription to mix/1 or mix/2 would show first.
+    assert_eq!(next_topics(&mut raw, 1), ["mix/marker"]);
+    raw.expect_silence(Duration::from_millis(300));
+}
+
+/// issue #8 item 2 [MQTT-4.7.1-2] [MQTT-4.8.0-1]: one invalid filter among valid ones in
+/// UNSUBSCRIBE closes the connection and none of the packet's filters is unsubscribed: the
+/// resumed persistent session still receives on both.
+#[test]
+fn invalid_filter_among_valid_ones_unsubscribes_none() {
+    let b = BrokerProc::start("");
+    let (mut raw, _) = Raw::connected_with(b.addr, "mixed-unsub", false);
+    raw.subscribe(1, "unmix/1", 1);
+    raw.subscribe(2, "unmix/2", 1);
+    raw.send(&unsubscribe_packet(3, &["unmix/1", "unmix/#/x", "unmix/2"]));
+    assert_closed_for(&b, &mut raw, "mixed-unsub", "unmix/#/x", "[MQTT-4.7.1-2]");
+    let (mut raw, present) = Raw::connected_with(b.addr, "mixed-unsub", false);
+    assert!(present, "the persistent session was kept");
+    publish_acked(&b, &["unmix/1", "unmix/2"]);
+    assert_eq!(next_topics(&mut raw, 2), ["unmix/1", "unmix/2"]);
 }
 
 /// [MQTT-3.8.4-3] subscribing again to the same filter replaces its QoS (one subscription).

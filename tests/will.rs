@@ -58,17 +58,26 @@ async fn will_is_published_on_keep_alive_expiry() {
 }
 
 /// [MQTT-3.1.2-8] the will is published when the broker closes the connection for a protocol
-/// violation.
+/// violation (issue #8 item 2: an invalid topic filter is one).
 #[tokio::test(flavor = "multi_thread")]
 async fn will_is_published_on_protocol_violation() {
     let b = BrokerProc::start("");
     let mut w = watcher(&b, "w-viol", "will/violation").await;
-    let violations: [(&str, Vec<u8>); 3] = [
+    let violations: [(&str, Vec<u8>); 5] = [
         ("PUBLISH QoS 3", vec![0x36, 0x03, 0x00, 0x01, b't']),
         ("second CONNECT", connect_packet("viol", true, 60)),
         (
             "wildcard topic",
             publish_packet("a/#", 0, false, false, 0, b"x"),
+        ),
+        // issue #8 item 2: an invalid filter is a protocol violation, not a SUBACK 0x80.
+        (
+            "invalid SUBSCRIBE filter",
+            subscribe_packet(1, &[("ok", 0), ("a#", 0)]),
+        ),
+        (
+            "invalid UNSUBSCRIBE filter",
+            unsubscribe_packet(1, &["a/+b"]),
         ),
     ];
     for (what, bytes) in violations {

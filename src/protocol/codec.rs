@@ -1,8 +1,8 @@
 //! Server-side MQTT 3.1.1 codec: decodes what a client sends, encodes what a server sends. No I/O.
 //! L1: uses L0 (`error`, `topic`, `message`), `bytes`, and `mqttbytes::check` for framing only.
 //! Invariant: every `Packet` that `decode` returns obeys the standard and our policy (flags, packet
-//! ids, strings, topic names); anything else is a `ProtocolError` and the connection closes. Decoded
-//! payloads and passwords own their bytes, so they never pin the connection's read buffer.
+//! ids, strings, topic names and filters); anything else is a `ProtocolError` and the connection
+//! closes. Decoded payloads and passwords own their bytes, so they never pin the read buffer.
 
 use std::fmt;
 
@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::ProtocolError;
 use crate::message::{qos_from_u8, QoS};
-use crate::topic::{has_forbidden_char, TopicError, TopicFilter, TopicName};
+use crate::topic::{has_forbidden_char, TopicFilter, TopicName};
 
 /// Largest value the Remaining Length field can carry (four 7-bit groups) [MQTT-2.2.3].
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -104,23 +104,22 @@ pub(crate) struct Publish {
     pub(crate) payload: Bytes,
 }
 
-/// A SUBSCRIBE: at least one filter.
+/// A SUBSCRIBE: at least one filter, every one valid (one invalid filter refuses the packet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Subscribe {
     /// Non-zero packet id.
     pub(crate) pkid: u16,
-    /// Filters in packet order, with the requested QoS. A structurally invalid filter is kept as
-    /// `Err`, so the session answers 0x80 for it alone.
-    pub(crate) filters: Vec<(Result<TopicFilter, TopicError>, QoS)>,
+    /// Filters in packet order, with the requested QoS.
+    pub(crate) filters: Vec<(TopicFilter, QoS)>,
 }
 
-/// An UNSUBSCRIBE: at least one filter.
+/// An UNSUBSCRIBE: at least one filter, every one valid (one invalid filter refuses the packet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsubscribe {
     /// Non-zero packet id.
     pub(crate) pkid: u16,
-    /// Filters in packet order; a structurally invalid one is kept as `Err`.
-    pub(crate) filters: Vec<Result<TopicFilter, TopicError>>,
+    /// Filters in packet order.
+    pub(crate) filters: Vec<TopicFilter>,
 }
 
 impl fmt::Debug for Connect {
@@ -170,11 +169,31 @@ pub(crate) fn decode(
     buf: &mut BytesMut,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, ProtocolError> {
+    let Some((header_len, frame_len)) = frame(buf, max_packet_size)? else {
+        return Ok(None);
+    };
+    let (packet_type, flags) = (buf[0] >> 4, buf[0] & 0x0F);
+    let body = buf
+        .get(header_len..frame_len)
+        .ok_or(ProtocolError::Malformed("fixed header"))?;
+    let packet = decode_body(packet_type, flags, Reader(body))?;
+    buf.advance(frame_len);
+    Ok(Some(packet))
+}
+
+/// Frames the packet at the front of `buf` from its fixed header alone, with every check
+/// `decode` makes before the body: `Ok(Some((header_len, frame_len)))` once the whole frame is
+/// buffered, `Ok(None)` while it is not (and nothing refuses it yet). Cheap: it reads at most
+/// five bytes, so a caller can ask "would `decode` do anything now?" without decoding.
+pub(crate) fn frame(
+    buf: &[u8],
+    max_packet_size: usize,
+) -> Result<Option<(usize, usize)>, ProtocolError> {
     let Some(&byte1) = buf.first() else {
         return Ok(None);
     };
-    let (packet_type, flags) = (byte1 >> 4, byte1 & 0x0F);
-    check_type_and_flags(packet_type, flags)?;
+    let packet_type = byte1 >> 4;
+    check_type_and_flags(packet_type, byte1 & 0x0F)?;
     let frame_len = match mqttbytes::check(buf.iter(), max_packet_size) {
         Ok(header) => header.frame_length(),
         Err(mqttbytes::Error::InsufficientBytes(missing)) => {
@@ -197,13 +216,8 @@ pub(crate) fn decode(
         Err(_) => return Err(ProtocolError::Malformed("fixed header")),
     };
     let header_len = header_len(buf).ok_or(ProtocolError::MalformedLength)?;
-    let body = buf
-        .get(header_len..frame_len)
-        .ok_or(ProtocolError::Malformed("fixed header"))?;
-    check_fixed_size(packet_type, body.len())?;
-    let packet = decode_body(packet_type, flags, Reader(body))?;
-    buf.advance(frame_len);
-    Ok(Some(packet))
+    check_fixed_size(packet_type, frame_len.saturating_sub(header_len))?;
+    Ok(Some((header_len, frame_len)))
 }
 
 /// Length of the fixed header (type byte plus 1-4 length bytes), once it is complete.
@@ -397,12 +411,22 @@ fn decode_unsubscribe(mut r: Reader<'_>) -> Result<Unsubscribe, ProtocolError> {
     Ok(Unsubscribe { pkid, filters })
 }
 
-/// A control character closes the connection; other filter errors are answered per filter (0x80).
-fn parse_filter(s: &str) -> Result<Result<TopicFilter, TopicError>, ProtocolError> {
-    match TopicFilter::parse(s) {
-        Err(TopicError::ControlChar) => Err(TopicError::ControlChar.into()),
-        other => Ok(other),
-    }
+/// How much of an invalid filter its error keeps (for the log line).
+const FILTER_EXCERPT: usize = 256;
+
+/// [MQTT-4.7.1-1..-3] [MQTT-4.7.3-1] an invalid filter refuses the whole packet, so none of its
+/// filters is applied, and the connection closes ([MQTT-4.8.0-1], as Mosquitto does).
+fn parse_filter(s: &str) -> Result<TopicFilter, ProtocolError> {
+    TopicFilter::parse(s).map_err(|error| {
+        let mut end = s.len().min(FILTER_EXCERPT);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        ProtocolError::TopicFilter {
+            error,
+            filter: s[..end].to_owned(),
+        }
+    })
 }
 
 /// Our policy for client ids and user names: no control characters nor U+FFFF (as mosquitto).
@@ -597,6 +621,7 @@ fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::TopicError;
 
     const MAX: usize = 1 << 22;
 
@@ -688,8 +713,18 @@ mod tests {
         TopicName::parse(s).unwrap()
     }
 
-    fn filter(s: &str) -> Result<TopicFilter, TopicError> {
-        TopicFilter::parse(s)
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::parse(s).unwrap()
+    }
+
+    /// Asserts `bytes` is refused for the invalid filter `bad`, with `want`.
+    fn refused_for(bytes: &[u8], bad: &str, want: TopicError) {
+        match err(bytes) {
+            ProtocolError::TopicFilter { error, filter } => {
+                assert_eq!((error, filter.as_str()), (want, bad), "{bytes:02x?}")
+            }
+            other => panic!("{bad:?}: expected TopicFilter, got {other:?}"),
+        }
     }
 
     /// One valid packet of every type a client sends, PUBLISH aside.
@@ -723,8 +758,8 @@ mod tests {
             publish(0x30, "a/b", None, b"hello"),
             publish(0x33, "a", Some(7), b""),
             publish(0x3D, "x/y/z", Some(0xFFFF), &[0xAB; 300]),
-            subscribe(9, &[(b"a/+", 1), (b"a+", 2), (b"#", 0)]),
-            unsubscribe(10, &[b"a/+", b"sport/#/x"]),
+            subscribe(9, &[(b"a/+", 1), (b"+/b", 2), (b"#", 0)]),
+            unsubscribe(10, &[b"a/+", b"sport/+/x/#"]),
         ];
         packets.extend(valid_non_publish());
         packets
@@ -1286,44 +1321,77 @@ mod tests {
             for bytes in [
                 connect(0x06, &[s("c"), s(&bad), s("m")]),
                 publish(0x30, &bad, None, b""),
-                subscribe(1, &[(bad.as_bytes(), 0)]),
-                unsubscribe(1, &[bad.as_bytes()]),
             ] {
                 assert!(
                     matches!(err(&bytes), ProtocolError::Topic(TopicError::ControlChar)),
                     "{bad:?}"
                 );
             }
+            refused_for(
+                &subscribe(1, &[(bad.as_bytes(), 0)]),
+                &bad,
+                TopicError::ControlChar,
+            );
+            refused_for(
+                &unsubscribe(1, &[bad.as_bytes()]),
+                &bad,
+                TopicError::ControlChar,
+            );
         }
         // Other characters are fine in a user name (the password is binary).
         one_connect(&connect(0xC2, &[s("c"), s("é\u{A0}"), s([1u8, 0x1F])]));
     }
 
-    /// [MQTT-3.8.3-1] [MQTT-4.7.1-1..-3] SUBSCRIBE decodes its pairs in order; structurally
-    /// invalid filters are kept as Err, for SUBACK 0x80 on that filter only.
+    /// [MQTT-3.8.3-1] SUBSCRIBE decodes its (filter, QoS) pairs in order.
     #[test]
-    fn subscribe_keeps_invalid_filters_for_suback_failure() {
+    fn subscribe_decodes_its_pairs_in_order() {
         let bytes = subscribe(
             0x0102,
-            &[
-                (b"a/+", 1),
-                (b"a+", 2),
-                (b"sport/#/x", 0),
-                (b"", 1),
-                (b"$SYS/#", 2),
-            ],
+            &[(b"a/+", 1), (b"sport/#", 0), (b"+", 2), (b"$SYS/#", 2)],
         );
         let want = Subscribe {
             pkid: 0x0102,
             filters: vec![
                 (filter("a/+"), QoS::AtLeastOnce),
-                (Err(TopicError::BadSingleLevel), QoS::ExactlyOnce),
-                (Err(TopicError::BadMultiLevel), QoS::AtMostOnce),
-                (Err(TopicError::Empty), QoS::AtLeastOnce),
+                (filter("sport/#"), QoS::AtMostOnce),
+                (filter("+"), QoS::ExactlyOnce),
                 (filter("$SYS/#"), QoS::ExactlyOnce),
             ],
         };
         assert_eq!(one(&bytes), Packet::Subscribe(want));
+    }
+
+    /// Invalid filters with the error each gets ([MQTT-4.7.1-1..-3], [MQTT-4.7.3-1]).
+    const INVALID_FILTERS: [(&str, TopicError); 7] = [
+        ("", TopicError::Empty),
+        ("a+", TopicError::BadSingleLevel),
+        ("+a", TopicError::BadSingleLevel),
+        ("sport/#/x", TopicError::BadMultiLevel),
+        ("a#", TopicError::BadMultiLevel),
+        ("##", TopicError::BadMultiLevel),
+        ("a/\u{85}", TopicError::ControlChar),
+    ];
+
+    /// issue #8 item 2 [MQTT-4.7.1-1..-3] [MQTT-4.7.3-1] [MQTT-4.8.0-1]: an invalid filter
+    /// refuses the whole SUBSCRIBE (the connection closes, no filter of it is applied), wherever
+    /// it stands among valid ones; the error names the filter.
+    #[test]
+    fn subscribe_with_an_invalid_filter_is_refused() {
+        for (bad, want) in INVALID_FILTERS {
+            for pairs in [
+                vec![(bad.as_bytes(), 1)],
+                vec![(&b"a/+"[..], 1), (bad.as_bytes(), 2), (b"$SYS/#", 0)],
+                vec![(&b"a/+"[..], 1), (bad.as_bytes(), 2)],
+            ] {
+                refused_for(&subscribe(0x0102, &pairs), bad, want);
+            }
+        }
+        // The error keeps at most 256 bytes of the filter, cut at a character boundary.
+        let long = format!("{}+", "é".repeat(200));
+        match err(&subscribe(1, &[(long.as_bytes(), 0)])) {
+            ProtocolError::TopicFilter { filter, .. } => assert_eq!(filter, "é".repeat(128)),
+            other => panic!("expected TopicFilter, got {other:?}"),
+        }
     }
 
     /// [MQTT-3.8.3-3] a SUBSCRIBE without a filter closes; [MQTT-2.3.1-1] so does packet id 0.
@@ -1369,17 +1437,32 @@ mod tests {
         ));
     }
 
-    /// [MQTT-3.10.3-1] UNSUBSCRIBE decodes its filters in order; invalid ones are kept as Err.
+    /// [MQTT-3.10.3-1] UNSUBSCRIBE decodes its filters in order.
     #[test]
-    fn unsubscribe_keeps_invalid_filters() {
+    fn unsubscribe_decodes_its_filters_in_order() {
         let want = Unsubscribe {
             pkid: 7,
-            filters: vec![filter("a/#"), Err(TopicError::BadSingleLevel), filter("+")],
+            filters: vec![filter("a/#"), filter("a/+/b"), filter("+")],
         };
         assert_eq!(
-            one(&unsubscribe(7, &[b"a/#", b"a+", b"+"])),
+            one(&unsubscribe(7, &[b"a/#", b"a/+/b", b"+"])),
             Packet::Unsubscribe(want)
         );
+    }
+
+    /// issue #8 item 2 [MQTT-4.7.1-1..-3] [MQTT-4.7.3-1] [MQTT-4.8.0-1]: an invalid filter
+    /// refuses the whole UNSUBSCRIBE, wherever it stands; the error names the filter.
+    #[test]
+    fn unsubscribe_with_an_invalid_filter_is_refused() {
+        for (bad, want) in INVALID_FILTERS {
+            for filters in [
+                vec![bad.as_bytes()],
+                vec![&b"a/#"[..], bad.as_bytes(), b"+"],
+                vec![&b"a/#"[..], bad.as_bytes()],
+            ] {
+                refused_for(&unsubscribe(7, &filters), bad, want);
+            }
+        }
     }
 
     /// [MQTT-3.10.3-2] an UNSUBSCRIBE without a filter closes; [MQTT-2.3.1-1] so does id 0.
@@ -1436,6 +1519,35 @@ mod tests {
             assert_eq!(out, reference, "remaining {remaining}");
             assert_eq!(one_publish(&out[6..]).payload.len(), remaining - 3);
         }
+    }
+
+    /// issue #8 item 1: `frame` says from the fixed header alone whether `decode` would act:
+    /// None while a frame is partial, its lengths once whole, the error as soon as it is refused.
+    #[test]
+    fn frame_reads_only_the_fixed_header() {
+        let pingreq = [0xC0, 0x00];
+        let publish = frame(0x32, &[0, 1, b'a', 0, 7, b'x', b'y']);
+        assert_eq!(super::frame(&[], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish[..1], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish[..8], MAX).unwrap(), None);
+        assert_eq!(super::frame(&publish, MAX).unwrap(), Some((2, 9)));
+        let mut two = publish.clone();
+        two.extend_from_slice(&pingreq);
+        assert_eq!(super::frame(&two, MAX).unwrap(), Some((2, 9)));
+        assert_eq!(super::frame(&pingreq, MAX).unwrap(), Some((2, 2)));
+        // Refused before the body is in: reserved type, too large, wrong fixed length.
+        assert!(matches!(
+            super::frame(&[0xF0], MAX),
+            Err(ProtocolError::ReservedPacketType(15))
+        ));
+        assert!(matches!(
+            super::frame(&[0x30, 0xFF, 0x7F], 100),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            super::frame(&[0x40, 0x03], MAX),
+            Err(ProtocolError::WrongRemainingLength { .. })
+        ));
     }
 
     /// Several packets append to one buffer (batched writes) and decode back in order.

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::error::ProtocolError;
-use crate::protocol::codec::{decode, Packet};
+use crate::protocol::codec::{decode, frame, Packet};
 
 /// Bytes reserved for each read when the buffer is empty.
 const READ_CHUNK: usize = 4096;
@@ -150,5 +150,11 @@ impl Io {
     /// Whether part of a packet is buffered (EOF now would cut a packet).
     pub(crate) fn has_partial_input(&self) -> bool {
         !self.rbuf.is_empty()
+    }
+
+    /// Whether `next_buffered` would do something now: a whole packet is buffered, or what is
+    /// buffered is already refused. Reads the fixed header only.
+    pub(crate) fn has_complete_packet(&self) -> bool {
+        !self.rbuf.is_empty() && !matches!(frame(&self.rbuf, self.max_packet_size), Ok(None))
     }
 }

@@ -1,7 +1,8 @@
 //! One client connection: CONNECT under a timeout, the session loop, and the end of it.
 //! L3: uses the codec (L1) and the broker (L2). Invariants: the task never awaits anything that
 //! belongs to another client; socket writes happen in loop bodies, never as a `select!` branch
-//! future; the end of a connection is logged once, with its `DisconnectReason`.
+//! future; the loop never waits for readiness while a whole packet is buffered, unless the
+//! connection is backed up; the end of a connection is logged once, with its `DisconnectReason`.
 
 mod auth;
 mod connect;
@@ -144,6 +145,8 @@ enum Event {
     Writable(std::io::Result<()>),
     Wake,
     Flushed,
+    /// Work that needs no wait: a drain cut short by its bound, or packets already buffered.
+    Again,
 }
 
 /// Outgoing payload bytes moved from the queue per drain, so one drain stays bounded.
@@ -185,13 +188,15 @@ impl Connection {
             }
             // Backpressure: while our output to this client is backed up, stop reading its
             // input (TCP then slows a fast publisher) and stop taking from its queue.
-            let backed_up = self.io.pending_output() >= WRITE_HIGH_WATER
-                || self.pending_acks.len() >= MAX_PENDING_ACKS;
+            let backed_up = self.backed_up();
             let waiting_acks = !self.pending_acks.is_empty();
             let has_output = self.io.pending_output() > 0;
             // A drain stopped by its per-turn bound leaves more to send, and nothing else may
             // wake us (the queue was never empty, so no notify): come straight back for it.
             let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
+            // Packets already buffered (read with CONNECT, or left when input stopped for
+            // backpressure) get no readiness event: handle them before waiting for one.
+            let input_ready = !backed_up && self.io.has_complete_packet();
             // One readiness future for both directions (each costs ~150 bytes of task state).
             let interest = match (has_output, backed_up) {
                 (true, true) => Some(Interest::WRITABLE),
@@ -210,7 +215,7 @@ impl Connection {
                     }
                 }
                 _ = flushed_changed(&mut self.flushed, waiting_acks), if waiting_acks => Event::Flushed,
-                _ = std::future::ready(()), if drain_more => Event::Wake,
+                _ = std::future::ready(()), if drain_more || input_ready => Event::Again,
             };
             match event {
                 Event::Writable(Err(e)) | Event::Readable(Err(e)) => {
@@ -219,12 +224,22 @@ impl Connection {
                 Event::Writable(Ok(())) => {}
                 Event::Wake => self.pending_drain = true,
                 Event::Flushed => self.release_acks(),
+                // A pending drain runs at the top of the loop.
+                Event::Again => {
+                    if input_ready {
+                        if let Err(reason) = self.process_input(false) {
+                            return reason;
+                        }
+                    }
+                }
                 Event::Readable(Ok(())) => {
                     let fill = match self.io.try_fill() {
                         Ok(fill) => fill,
                         Err(e) => return DisconnectReason::Io(e),
                     };
-                    if let Err(reason) = self.process_input() {
+                    // At EOF nothing more is coming to wait for: handle every whole packet
+                    // (a final DISCONNECT decides the will), backed up or not.
+                    if let Err(reason) = self.process_input(fill == Fill::Eof) {
                         return reason;
                     }
                     match fill {
@@ -246,11 +261,21 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet buffered. Keep-alive counts a turn that completed at
+    /// Whether output to this client, or acknowledgements waiting for the disk, are backed up:
+    /// then the loop neither reads input nor takes from the queue.
+    fn backed_up(&self) -> bool {
+        self.io.pending_output() >= WRITE_HIGH_WATER || self.pending_acks.len() >= MAX_PENDING_ACKS
+    }
+
+    /// Handles the complete packets buffered, stopping early (the rest stays buffered) once
+    /// the connection is backed up, unless `all`. Keep-alive counts a turn that completed at
     /// least one packet (one clock read per turn, not per packet).
-    fn process_input(&mut self) -> Result<(), DisconnectReason> {
+    fn process_input(&mut self, all: bool) -> Result<(), DisconnectReason> {
         let mut any = false;
         let result = loop {
+            if !all && self.backed_up() {
+                break Ok(());
+            }
             match self.io.next_buffered() {
                 Ok(Some(p)) => {
                     any = true;
@@ -505,18 +530,14 @@ impl Connection {
         let broker = &self.ctx.broker;
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut granted = Vec::with_capacity(s.filters.len());
-        for (filter, qos) in s.filters {
-            match filter {
-                Ok(f) if broker.subscribe(&self.session, &f, qos) => {
-                    codes.push(qos as u8);
-                    granted.push((f, qos));
-                }
-                Ok(_) => codes.push(0x80),
-                Err(e) => {
-                    // [MQTT-4.7.1] an invalid filter fails alone, with return code 0x80.
-                    info!(error = %e, "invalid topic filter: SUBACK 0x80");
-                    codes.push(0x80);
-                }
+        // Every filter is valid (the codec refuses a packet with an invalid one, [MQTT-4.8.0-1]):
+        // 0x80 is for a valid filter the broker refuses (today: a takeover raced this SUBSCRIBE).
+        for (f, qos) in s.filters {
+            if broker.subscribe(&self.session, &f, qos) {
+                codes.push(qos as u8);
+                granted.push((f, qos));
+            } else {
+                codes.push(0x80);
             }
         }
         // [MQTT-3.3.1-6] retained messages go after the SUBACK, for every filter, every time
@@ -532,8 +553,8 @@ impl Connection {
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let before = self.ticket();
-        for f in u.filters.into_iter().flatten() {
-            self.ctx.broker.unsubscribe(&self.session, &f);
+        for f in &u.filters {
+            self.ctx.broker.unsubscribe(&self.session, f);
         }
         // [MQTT-3.10.4-5] UNSUBACK even when nothing matched; once a persistent session's
         // removal is durable.

@@ -288,6 +288,32 @@ else
     fail "clean_session=True after a persistent session: session present = 0" "$TMP/pers3.out"
 fi
 
+# --- packets sent before CONNACK (issue #8 item 1) --------------------------------------------
+# The README's Paho shape: clean_session=False, connect() then subscribe() before the network
+# loop runs, so SUBSCRIBE leaves right behind CONNECT. The SUBACK and a message published right
+# after it must come within 1 s, not one keep-alive later.
+psub early1 --client-id interop-early-sub early --mode sub --no-clean --topic 'interop/early/sub/#'
+mpub -t interop/early/sub/temp -q 1 -m "$(date +%s.%N)"
+finish early1
+EARLY1="$(grep -m1 '^SUBACK\|^ERROR' "$TMP/early1.out"); message $(grep -m1 '^LATENCY\|^ERROR got' "$TMP/early1.out")"
+if [[ "$SUB_RC" == 0 ]] && grep -q '^SUBACK 1 after' "$TMP/early1.out" && grep -q '^LATENCY' "$TMP/early1.out"; then
+    pass "paho connect() + subscribe() before loop_start(): SUBACK and a message within 1 s ($EARLY1)"
+else
+    fail "paho connect() + subscribe() before loop_start(): SUBACK and a message within 1 s ($EARLY1)" \
+        "$TMP/early1.out"
+fi
+
+# connect() then publish(qos=1) before the network loop runs: the PUBACK within 1 s.
+paho --client-id interop-early-pub early --mode pub --no-clean --topic interop/early/pub \
+    >"$TMP/early2.out" 2>&1
+EARLY2_RC=$?
+EARLY2="$(grep -m1 '^PUBACK\|^ERROR' "$TMP/early2.out")"
+if [[ "$EARLY2_RC" == 0 ]]; then
+    pass "paho connect() + publish(qos=1) before loop_start(): PUBACK within 1 s ($EARLY2)"
+else
+    fail "paho connect() + publish(qos=1) before loop_start(): PUBACK within 1 s ($EARLY2)" "$TMP/early2.out"
+fi
+
 # --- shutdown ---------------------------------------------------------------------------------
 kill -TERM "$BROKER_PID"
 BROKER_RC=""

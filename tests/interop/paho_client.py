@@ -11,6 +11,12 @@ Subcommands (every wait is bounded by --timeout; output lines are flushed at onc
   will  connect with a will (--will-topic/--will-payload/--qos), print "READY" after CONNACK,
         then either DISCONNECT cleanly (--mode disconnect) or wait to be killed (--mode hold)
         or drop the TCP connection without DISCONNECT (--mode drop).
+  early the README's shape: connect() and then, before the network loop runs, subscribe()
+        (--mode sub) or publish() at QoS 1 (--mode pub); only then loop_start(). sub prints
+        "SUBACK <codes> after <s> s", "READY", then per message "MSG ..." and "LATENCY <s>" (now
+        minus the publish time the payload carries, a time.time() value); pub prints
+        "PUBACK after <s> s". Exit 1 if an acknowledgement or --count messages miss --timeout,
+        or a wait exceeds --max-latency seconds.
 """
 
 import argparse
@@ -145,6 +151,65 @@ def cmd_will(args):
     return 1
 
 
+def cmd_early(args):
+    client = make_client(args, args.client_id or "", clean_session=not args.no_clean)
+    client.will_set("interop/early/will", "offline", qos=1, retain=False)
+    acked = threading.Event()
+    done = threading.Event()
+    latencies = []
+    lock = threading.Lock()
+
+    def on_subscribe(_client, _userdata, _mid, reason_codes, _properties):
+        codes = " ".join(str(rc.value if hasattr(rc, "value") else rc) for rc in reason_codes)
+        state["codes"] = codes
+        acked.set()
+
+    def on_message(_client, _userdata, msg):
+        latency = time.time() - float(msg.payload.decode())
+        with lock:
+            latencies.append(latency)
+            out(f"MSG {msg.qos} {int(msg.retain)} {msg.topic}")
+            out(f"LATENCY {latency:.3f}")
+            if len(latencies) >= args.count:
+                done.set()
+
+    state = {}
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(args.host, args.port, keepalive=30)
+    start = time.monotonic()
+    # Before the network loop runs: CONNECT and this packet leave before the CONNACK arrives.
+    if args.mode == "sub":
+        client.subscribe(args.topic, qos=1)
+    else:
+        info = client.publish(args.topic, "early", qos=1)
+    client.loop_start()
+    try:
+        if args.mode == "pub":
+            info.wait_for_publish(args.timeout)
+            if not info.is_published():
+                out("ERROR no PUBACK")
+                return 1
+            waited = time.monotonic() - start
+            out(f"PUBACK after {waited:.3f} s")
+            return 0 if waited <= args.max_latency else 1
+        if not acked.wait(args.timeout):
+            out("ERROR no SUBACK")
+            return 1
+        waited = time.monotonic() - start
+        out(f"SUBACK {state['codes']} after {waited:.3f} s")
+        if waited > args.max_latency:
+            return 1
+        out("READY")
+        if not done.wait(args.timeout):
+            out(f"ERROR got {len(latencies)} of {args.count} messages")
+            return 1
+        return 0 if max(latencies) <= args.max_latency else 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
@@ -173,8 +238,15 @@ def main():
     sw.add_argument("--qos", type=int, default=1)
     sw.add_argument("--mode", choices=["hold", "drop", "disconnect"], default="hold")
 
+    se = sub.add_parser("early")
+    se.add_argument("--mode", choices=["sub", "pub"], required=True)
+    se.add_argument("--topic", required=True)
+    se.add_argument("--count", type=int, default=1)
+    se.add_argument("--no-clean", action="store_true")
+    se.add_argument("--max-latency", type=float, default=1.0)
+
     args = p.parse_args()
-    return {"pub": cmd_pub, "sub": cmd_sub, "will": cmd_will}[args.cmd](args)
+    return {"pub": cmd_pub, "sub": cmd_sub, "will": cmd_will, "early": cmd_early}[args.cmd](args)
 
 
 if __name__ == "__main__":
