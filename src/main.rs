@@ -60,8 +60,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         // Installed before the listener is announced: a SIGTERM right after `listening on`
-        // must shut down cleanly, not kill the process with the default action.
+        // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
         let shutdown = shutdown_signal().context("installing signal handlers")?;
+        log_hangups().context("installing the SIGHUP handler")?;
         brokerd::run(config, shutdown, |addr| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
@@ -101,6 +102,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+/// Installs a SIGHUP handler now and logs each SIGHUP from a task: the broker keeps running.
+/// Reloading the configuration on SIGHUP is a later issue; until then it only says so.
+#[cfg(unix)]
+fn log_hangups() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP received: configuration reload is not supported yet; still running"
+            );
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn log_hangups() -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Resolves on Ctrl-C.
