@@ -173,6 +173,35 @@ fn empty_client_id_without_clean_session_is_rejected_with_0x02() {
     raw.expect_closed();
 }
 
+/// issue #8 item 2: MQTT 3.1 ("MQIsdp", level 3) has no server-assigned client ids: an empty
+/// id gets CONNACK 0x02 (identifier rejected) and the connection closes, with CleanSession 1
+/// and 0, as Mosquitto answers (checklist, [MQTT-3.1.3-8]'s 3.1 counterpart). 3.1.1 with an
+/// empty id and CleanSession=1 is still accepted ([MQTT-3.1.3-6]).
+#[test]
+fn mqtt_31_empty_client_id_is_rejected_with_0x02() {
+    let b = BrokerProc::start("");
+    for clean in [true, false] {
+        let mut c = RawConnect::new("");
+        c.protocol_name = b"MQIsdp".to_vec();
+        c.level = 3;
+        c.clean = clean;
+        let (mut raw, reply) = first_reply(&b, &c);
+        assert_eq!(
+            reply.as_deref(),
+            Some(&CONNACK_ID_REJECTED[..]),
+            "MQTT 3.1, CleanSession={clean}"
+        );
+        raw.expect_closed();
+    }
+    let (mut raw, reply) = first_reply(&b, &RawConnect::new(""));
+    assert_eq!(
+        reply.expect("CONNACK"),
+        CONNACK_OK,
+        "MQTT 3.1.1, CleanSession=1"
+    );
+    raw.ping();
+}
+
 /// [MQTT-3.1.3-5] (our choice) client ids longer than 23 chars and any UTF-8 are accepted.
 #[test]
 fn long_and_utf8_client_ids_are_accepted() {
