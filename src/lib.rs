@@ -59,12 +59,16 @@ pub use config::{Config, ConfigError};
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// Why the broker could not start.
+///
+/// Like every error type of the crate, a variant's message includes its cause and `source()`
+/// does not return it again: the library logs errors by their message, and `main` prints the
+/// whole chain, so a cause in both places would be printed twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Auth(String),
@@ -93,10 +97,10 @@ pub async fn run(
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     let local = listener
         .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
@@ -168,4 +172,71 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     broker.log_summary();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as StdError;
+
+    use super::*;
+
+    /// What `main` prints (`{:#}` of anyhow): the message, then each `source()` below it.
+    fn chain(e: &dyn StdError) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    fn cause() -> std::io::Error {
+        std::io::Error::other("THE-CAUSE")
+    }
+
+    /// issue #8 item 4: every error type that wraps a cause prints it exactly once in the chain.
+    #[test]
+    fn every_cause_appears_once_in_the_printed_chain() {
+        let missing = std::path::Path::new("/nonexistent-brokerd-test/file");
+        let auth = session::Auth::load(&config::AuthConfig {
+            allow_anonymous: true,
+            password_file: Some(missing.to_owned()),
+        })
+        .expect_err("missing password file");
+        let errors: Vec<(Box<dyn StdError>, String)> = vec![
+            (
+                Box::new(Error::Bind {
+                    addr: "127.0.0.1:1".parse().expect("address"),
+                    error: cause(),
+                }),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(Config::load(missing).expect_err("missing config")),
+                "No such file or directory".into(),
+            ),
+            (Box::new(auth), "No such file or directory".into()),
+            (
+                Box::new(store::StoreError::Dir {
+                    path: missing.to_owned(),
+                    error: cause(),
+                }),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(store::StoreError::from(sled::Error::Io(cause()))),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(error::ProtocolError::from(topic::TopicError::Empty)),
+                "empty topic".into(),
+            ),
+        ];
+        for (e, needle) in errors {
+            let printed = chain(&*e);
+            assert_eq!(printed.matches(needle.as_str()).count(), 1, "{printed}");
+        }
+    }
 }

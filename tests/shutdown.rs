@@ -291,3 +291,42 @@ fn sighup_is_logged_and_the_broker_keeps_running() {
 
     b.stop();
 }
+
+/// issue #8 item 4: an OS error at startup is printed once: binding an address that is already
+/// in use exits non-zero before `listening on`, and stderr names the address and says
+/// "Address already in use" exactly once (not once per level of the error chain).
+#[test]
+fn address_in_use_is_reported_once_with_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let path = dir.path().join("busy.toml");
+    std::fs::write(&path, format!("[listener]\nbind = \"{addr}\"\n")).unwrap();
+    let (status, out, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
+    let status = status.expect("brokerd on a busy address did not exit");
+    assert!(!status.success(), "started on a busy address; stdout {out}");
+    assert!(!out.contains("listening on"), "stdout: {out}");
+    assert_eq!(
+        err.matches("Address already in use").count(),
+        1,
+        "stderr:\n{err}"
+    );
+    assert!(err.contains(&addr.to_string()), "stderr:\n{err}");
+    drop(held);
+}
+
+/// issue #8 item 4: the same for a configuration file that cannot be read: the OS error
+/// appears once and the file is named.
+#[test]
+fn unreadable_config_file_is_reported_once_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let (status, _, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
+    assert!(!status.expect("did not exit").success(), "stderr:\n{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("missing.toml"), "stderr:\n{err}");
+}

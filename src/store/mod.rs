@@ -29,16 +29,23 @@ const OPS_KEPT: usize = 4096;
 /// How long `close` waits for the writer to flush and stop.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A failure of the storage engine.
+/// A failure of the storage engine. The message includes the cause; `source()` does not
+/// repeat it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error("storage engine: {0}")]
-    Engine(#[from] sled::Error),
-    #[error("data directory {path}: {source}")]
+    Engine(sled::Error),
+    #[error("data directory {path}: {error}")]
     Dir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Engine(e)
+    }
 }
 
 /// A message as stored: enough to re-send it.
@@ -222,9 +229,9 @@ impl Store {
                 let _done = done_tx;
                 writer_loop(backend, &writer_shared, interval, reopen);
             })
-            .map_err(|source| StoreError::Dir {
+            .map_err(|error| StoreError::Dir {
                 path: config.path.clone(),
-                source,
+                error,
             })?;
         Ok((
             Store {
@@ -314,9 +321,9 @@ fn recover(config: &PersistenceConfig, e: StoreError) -> Result<SledBackend, Sto
     let mut aside = config.path.clone().into_os_string();
     aside.push(format!(".corrupt-{stamp}"));
     let aside = PathBuf::from(aside);
-    std::fs::rename(&config.path, &aside).map_err(|source| StoreError::Dir {
+    std::fs::rename(&config.path, &aside).map_err(|error| StoreError::Dir {
         path: config.path.clone(),
-        source,
+        error,
     })?;
     error!(
         path = %config.path.display(),
