@@ -11,7 +11,7 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loop and the connection limit |
-//! | L5 | `run` (here), `main.rs` | startup, shutdown, the binary |
+//! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
@@ -74,6 +74,19 @@ pub enum Error {
     Auth(String),
     #[error("persistence: {0}")]
     Store(String),
+}
+
+/// Checks what `run` loads besides the configuration file, without starting anything: the
+/// password file (loaded exactly as `run` loads it) and, with persistence on, that the data
+/// directory is usable (see `store::data_dir::check`). Opens no database and takes no lock,
+/// so it also passes while a broker runs on the same directory.
+pub fn check(config: &Config) -> Result<(), Error> {
+    session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    if config.persistence.enabled {
+        store::data_dir::check(&config.persistence.path)
+            .map_err(|e| Error::Store(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with

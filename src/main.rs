@@ -20,7 +20,8 @@ struct Args {
     /// Read the configuration from this TOML file.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Only validate this configuration file, then exit (0 if valid).
+    /// Only validate this configuration file, the password file it names and (with
+    /// persistence on) its data directory, then exit (0 if valid). Binds nothing.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "print_default_config"])]
     check_config: Option<PathBuf>,
     /// Print the commented default configuration and exit.
@@ -45,7 +46,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(path) = args.check_config {
-        Config::load(&path)?;
+        let config = Config::load(&path)?;
+        brokerd::check(&config).with_context(|| path.display().to_string())?;
         println!("{}: ok", path.display());
         return Ok(());
     }

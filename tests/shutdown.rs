@@ -14,7 +14,22 @@ use common::*;
 /// Runs brokerd with `args`, killing it if it runs longer than `limit`; returns
 /// (status or None if it had to be killed, stdout, stderr).
 fn run_brokerd(args: &[&str], cwd: &Path, limit: Duration) -> (Option<ExitStatus>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
+    run_brokerd_as(None, args, cwd, limit)
+}
+
+/// `run_brokerd` as user and group `uid` when given (the caller must be root).
+fn run_brokerd_as(
+    uid: Option<u32>,
+    args: &[&str],
+    cwd: &Path,
+    limit: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
@@ -329,4 +344,153 @@ fn unreadable_config_file_is_reported_once_with_the_path() {
         "stderr:\n{err}"
     );
     assert!(err.contains("missing.toml"), "stderr:\n{err}");
+}
+
+/// `--check-config FILE` for a config of `toml` written to `dir/name`: (success, stdout, stderr).
+fn check_config(dir: &Path, name: &str, toml: &str) -> (bool, String, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    let (status, out, err) = run_brokerd(&["--check-config", path.to_str().unwrap()], dir, WAIT);
+    (
+        status.expect("--check-config did not exit").success(),
+        out,
+        err,
+    )
+}
+
+/// issue #8 item 5: `--check-config` loads the password file as the real start does: a missing
+/// file and a line without ':' are errors naming the file (and the OS error or the line), and
+/// the same config with a well-formed file is "ok".
+#[test]
+fn check_config_refuses_a_missing_or_malformed_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let toml = format!("[auth]\npassword_file = \"{}\"\n", passwd.display());
+
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(!ok, "missing password file accepted; stdout {out}");
+    assert!(
+        err.contains(&passwd.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("No such file or directory"), "stderr:\n{err}");
+
+    std::fs::write(&passwd, "alice:s3cret\nbob-without-colon\n").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(!ok, "malformed password file accepted; stdout {out}");
+    assert!(
+        err.contains(&passwd.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("line 2"), "stderr:\n{err}");
+
+    std::fs::write(&passwd, "alice:s3cret\nbob:pw\n").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(ok, "stderr:\n{err}");
+    assert!(out.contains("auth.toml: ok"), "stdout {out}");
+}
+
+/// issue #8 item 5: with `[persistence] enabled = true`, `--check-config` checks the data
+/// directory without opening it: a path that is a regular file, or whose parent does not
+/// exist, is an error naming the path and the OS error. An existing directory (even one a
+/// running broker is using) and a missing one whose parent exists are "ok", and the check
+/// creates nothing.
+#[test]
+fn check_config_refuses_an_unusable_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let persist = |path: &Path| {
+        format!(
+            "[persistence]\nenabled = true\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&file));
+    assert!(
+        !ok,
+        "a regular file accepted as data directory; stdout {out}"
+    );
+    assert!(err.contains(&file.display().to_string()), "stderr:\n{err}");
+    assert!(err.contains("Not a directory"), "stderr:\n{err}");
+
+    let orphan = dir.path().join("no-such-parent").join("data");
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&orphan));
+    assert!(
+        !ok,
+        "a data directory without parent accepted; stdout {out}"
+    );
+    assert!(
+        err.contains(&orphan.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("No such file or directory"), "stderr:\n{err}");
+    assert!(
+        !orphan.parent().unwrap().exists(),
+        "the check created the parent"
+    );
+
+    // Usable: a directory a broker is running on right now, and a missing last component.
+    let running = BrokerProc::start("[persistence]\nenabled = true\npath = \"data\"\n");
+    let in_use = running.data_dir().join("data");
+    assert!(in_use.is_dir());
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&in_use));
+    assert!(ok, "stderr:\n{err}");
+    assert!(out.contains("p.toml: ok"), "stdout {out}");
+    let fresh = dir.path().join("fresh");
+    let (ok, _, err) = check_config(dir.path(), "p.toml", &persist(&fresh));
+    assert!(ok, "stderr:\n{err}");
+    assert!(!fresh.exists(), "--check-config created the data directory");
+    running.stop();
+}
+
+/// issue #8 item 5: a data directory, or the parent of a missing one, that the broker's user
+/// cannot write to is an error naming the path and "Permission denied". Root bypasses file
+/// modes, so as root the broker runs as uid/gid 65534 (nobody).
+#[test]
+fn check_config_refuses_a_data_directory_it_cannot_write() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let uid = root.then_some(65_534);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("read-only");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let config = dir.path().join("ro.toml");
+    for data in [locked.clone(), locked.join("data")] {
+        std::fs::write(
+            &config,
+            format!(
+                "[persistence]\nenabled = true\npath = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let (status, out, err) = run_brokerd_as(
+            uid,
+            &["--check-config", config.to_str().unwrap()],
+            dir.path(),
+            WAIT,
+        );
+        let status = status.expect("--check-config did not exit");
+        assert!(
+            !status.success(),
+            "{}: accepted; stdout {out}",
+            data.display()
+        );
+        assert!(err.contains(&data.display().to_string()), "stderr:\n{err}");
+        assert!(err.contains("Permission denied"), "stderr:\n{err}");
+    }
+    // The same directory made writable is accepted.
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (status, out, err) = run_brokerd_as(
+        uid,
+        &["--check-config", config.to_str().unwrap()],
+        dir.path(),
+        WAIT,
+    );
+    assert!(status.expect("did not exit").success(), "stderr:\n{err}");
+    assert!(out.contains("ro.toml: ok"), "stdout {out}");
 }

@@ -4,6 +4,7 @@
 //! reported flushed only after every operation up to it is on disk (group commit: one flush
 //! covers everything pending at that moment); with persistence off nothing here runs.
 
+pub(crate) mod data_dir;
 mod sled_backend;
 
 use std::collections::BTreeMap;
