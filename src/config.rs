@@ -93,6 +93,17 @@ pub enum SyncMode {
     Off,
 }
 
+impl std::fmt::Display for SyncMode {
+    /// The TOML spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Always => "always",
+            SyncMode::Periodic => "periodic",
+            SyncMode::Off => "off",
+        })
+    }
+}
+
 /// What to do with a data directory that cannot be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -152,7 +152,7 @@ pub async fn run(
             }
         });
     }
-    info!(%local, "listening");
+    log_listening(local, &config.persistence);
     ready(local);
     let accept = server::accept_loop(
         listener,
@@ -185,6 +185,29 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     broker.log_summary();
     Ok(())
+}
+
+/// The start-up line that says where the broker listens and how it persists.
+fn log_listening(addr: SocketAddr, p: &config::PersistenceConfig) {
+    if !p.enabled {
+        info!(%addr, persistence = %"off", "listening");
+        return;
+    }
+    // Relative to the working directory, which the log reader may not know.
+    let path = std::path::absolute(&p.path).unwrap_or_else(|_| p.path.clone());
+    let path = path.display();
+    if p.sync == config::SyncMode::Periodic {
+        info!(
+            %addr,
+            persistence = %"on",
+            %path,
+            sync = %p.sync,
+            flush_interval_ms = p.flush_interval_ms,
+            "listening"
+        );
+    } else {
+        info!(%addr, persistence = %"on", %path, sync = %p.sync, "listening");
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,15 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         None => Config::default(),
     };
     init_tracing(&config.log.level)?;
+    let source = args.config.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        config = %source,
+        "brokerd starting"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

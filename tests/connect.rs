@@ -257,6 +257,42 @@ fn password_file_accepts_right_password_and_refuses_others_with_0x05() {
     }
 }
 
+/// issue #8 item 6: a refused login is logged with the username as sent (`username=alice`),
+/// not as a Rust Option (`Some("alice")`); without a username the field is absent.
+#[test]
+fn refused_login_logs_the_plain_username() {
+    let b = broker_with_passwords("alice:s3cret\n", "allow_anonymous = false");
+    let (mut raw, reply) = first_reply(
+        &b,
+        &RawConnect::new("log-user")
+            .username("alice")
+            .password(b"wrong"),
+    );
+    assert_eq!(reply.as_deref(), Some(&CONNACK_NOT_AUTHORIZED[..]));
+    raw.expect_closed();
+    let (mut raw, reply) = first_reply(&b, &RawConnect::new("log-anon"));
+    assert_eq!(reply.as_deref(), Some(&CONNACK_NOT_AUTHORIZED[..]));
+    raw.expect_closed();
+    let log = b.wait_log_lines(&["not authorized"], 2);
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("not authorized"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("log-user") && l.contains("username=alice")),
+        "log:\n{log}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("log-anon") && !l.contains("username")),
+        "log:\n{log}"
+    );
+    assert!(!log.contains("Some("), "log:\n{log}");
+}
+
 /// [MQTT-3.2.2-4, -5] a client refused with 0x05 never has its will published.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_clients_will_is_never_published() {

@@ -494,3 +494,57 @@ fn check_config_refuses_a_data_directory_it_cannot_write() {
     assert!(status.expect("did not exit").success(), "stderr:\n{err}");
     assert!(out.contains("ro.toml: ok"), "stdout {out}");
 }
+
+/// issue #8 item 6: the start-up log says which brokerd runs and how: one line with the
+/// version and the config file, and, once bound, one with the listener address and the
+/// persistence mode (off, or the path with the sync mode, plus the flush interval for
+/// "periodic").
+#[test]
+fn startup_log_names_version_config_listener_and_persistence() {
+    let version = env!("CARGO_PKG_VERSION");
+    let line_with = |log: &str, parts: &[&str]| {
+        log.lines()
+            .any(|l| l.contains(" INFO ") && parts.iter().all(|p| l.contains(p)))
+    };
+
+    let b = BrokerProc::start("");
+    let log = b.wait_log("listening");
+    let config = b.config_path.display().to_string();
+    assert!(
+        line_with(
+            &log,
+            &[&format!("version={version}"), &format!("config={config}")]
+        ),
+        "no start line with version and config path; log:\n{log}"
+    );
+    assert!(
+        line_with(&log, &[&format!("addr={}", b.addr), "persistence=off"]),
+        "no listening line with address and persistence; log:\n{log}"
+    );
+    b.stop();
+
+    for (sync, expected) in [
+        ("always", "sync=always"),
+        ("periodic", "sync=periodic flush_interval_ms=250"),
+    ] {
+        let b = BrokerProc::start(&format!(
+            "[persistence]\nenabled = true\npath = \"data\"\nsync = \"{sync}\"\nflush_interval_ms = 250\n"
+        ));
+        let log = b.wait_log("listening");
+        let path = b.data_dir().join("data").display().to_string();
+        assert!(
+            line_with(
+                &log,
+                &[
+                    &format!("addr={}", b.addr),
+                    &format!("persistence=on path={path} {expected}")
+                ]
+            ),
+            "no listening line with persistence {expected}; log:\n{log}"
+        );
+        if sync == "always" {
+            assert!(!log.contains("flush_interval_ms=250"), "log:\n{log}");
+        }
+        b.stop();
+    }
+}

@@ -101,7 +101,8 @@ async fn accept_connect(mut io: Io, c: Connect, ctx: &Arc<ConnContext>) -> Optio
         .permits(c.username.as_deref(), c.password.as_deref())
     {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        warn!(username = ?c.username, "not authorized: refused (0x05)");
+        let username = c.username.as_deref().map(tracing::field::display);
+        warn!(username, "not authorized: refused (0x05)");
         refuse(&mut io, connack::NOT_AUTHORIZED);
         let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
         return None;
