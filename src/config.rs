@@ -14,13 +14,14 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/broker.toml");
 /// The largest remaining length the MQTT encoding can carry.
 pub const PROTOCOL_MAX_PACKET_SIZE: usize = 268_435_455;
 
-/// A configuration that could not be read or is invalid.
+/// A configuration that could not be read or is invalid. The message includes the cause;
+/// `source()` does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -90,6 +91,17 @@ pub enum SyncMode {
     Always,
     Periodic,
     Off,
+}
+
+impl std::fmt::Display for SyncMode {
+    /// The TOML spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Always => "always",
+            SyncMode::Periodic => "periodic",
+            SyncMode::Off => "off",
+        })
+    }
 }
 
 /// What to do with a data directory that cannot be opened.
@@ -181,9 +193,9 @@ impl Default for LogConfig {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::parse(&text, path)
     }

@@ -27,8 +27,9 @@ pub(crate) enum ProtocolError {
     NullChar,
     #[error("[MQTT-2.3.1-1] packet identifier 0")]
     ZeroPacketId,
+    /// The message includes the topic's error; `source()` does not repeat it.
     #[error("invalid topic: {0}")]
-    Topic(#[from] TopicError),
+    Topic(TopicError),
     /// An invalid filter in SUBSCRIBE or UNSUBSCRIBE closes the connection, as Mosquitto does
     /// ([MQTT-4.8.0-1]); `error` names the rule, `filter` is the filter (cut to 256 bytes).
     #[error("invalid topic filter {filter:?}: {error}")]
@@ -68,4 +69,10 @@ pub(crate) enum ProtocolError {
     BadSubscribeOptions(u8),
     #[error("[MQTT-3.10.3-2] UNSUBSCRIBE without a topic filter")]
     EmptyUnsubscribe,
+}
+
+impl From<TopicError> for ProtocolError {
+    fn from(e: TopicError) -> ProtocolError {
+        ProtocolError::Topic(e)
+    }
 }

@@ -11,7 +11,7 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loop and the connection limit |
-//! | L5 | `run` (here), `main.rs` | startup, shutdown, the binary |
+//! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
@@ -59,17 +59,34 @@ pub use config::{Config, ConfigError};
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// Why the broker could not start.
+///
+/// Like every error type of the crate, a variant's message includes its cause and `source()`
+/// does not return it again: the library logs errors by their message, and `main` prints the
+/// whole chain, so a cause in both places would be printed twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Auth(String),
     #[error("persistence: {0}")]
     Store(String),
+}
+
+/// Checks what `run` loads besides the configuration file, without starting anything: the
+/// password file (loaded exactly as `run` loads it) and, with persistence on, that the data
+/// directory is usable (see `store::data_dir::check`). Opens no database and takes no lock,
+/// so it also passes while a broker runs on the same directory.
+pub fn check(config: &Config) -> Result<(), Error> {
+    session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    if config.persistence.enabled {
+        store::data_dir::check(&config.persistence.path)
+            .map_err(|e| Error::Store(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
@@ -84,7 +101,7 @@ pub async fn run(
     let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
-        store::Store::open(&config.persistence).map_err(|e| Error::Store(store::error_chain(&e)))?
+        store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
     } else {
         (store::Store::disabled(), store::Snapshot::default())
     };
@@ -93,10 +110,10 @@ pub async fn run(
     let addr = config.bind_addr();
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     let local = listener
         .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
@@ -135,7 +152,7 @@ pub async fn run(
             }
         });
     }
-    info!(%local, "listening");
+    log_listening(local, &config.persistence);
     ready(local);
     let accept = server::accept_loop(
         listener,
@@ -174,4 +191,94 @@ pub async fn run(
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())
     })
+}
+
+/// The start-up line that says where the broker listens and how it persists.
+fn log_listening(addr: SocketAddr, p: &config::PersistenceConfig) {
+    if !p.enabled {
+        info!(%addr, persistence = %"off", "listening");
+        return;
+    }
+    // Relative to the working directory, which the log reader may not know.
+    let path = std::path::absolute(&p.path).unwrap_or_else(|_| p.path.clone());
+    let path = path.display();
+    if p.sync == config::SyncMode::Periodic {
+        info!(
+            %addr,
+            persistence = %"on",
+            %path,
+            sync = %p.sync,
+            flush_interval_ms = p.flush_interval_ms,
+            "listening"
+        );
+    } else {
+        info!(%addr, persistence = %"on", %path, sync = %p.sync, "listening");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as StdError;
+
+    use super::*;
+
+    /// What `main` prints (`{:#}` of anyhow): the message, then each `source()` below it.
+    fn chain(e: &dyn StdError) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+
+    fn cause() -> std::io::Error {
+        std::io::Error::other("THE-CAUSE")
+    }
+
+    /// issue #8 item 4: every error type that wraps a cause prints it exactly once in the chain.
+    #[test]
+    fn every_cause_appears_once_in_the_printed_chain() {
+        let missing = std::path::Path::new("/nonexistent-brokerd-test/file");
+        let auth = session::Auth::load(&config::AuthConfig {
+            allow_anonymous: true,
+            password_file: Some(missing.to_owned()),
+        })
+        .expect_err("missing password file");
+        let errors: Vec<(Box<dyn StdError>, String)> = vec![
+            (
+                Box::new(Error::Bind {
+                    addr: "127.0.0.1:1".parse().expect("address"),
+                    error: cause(),
+                }),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(Config::load(missing).expect_err("missing config")),
+                "No such file or directory".into(),
+            ),
+            (Box::new(auth), "No such file or directory".into()),
+            (
+                Box::new(store::StoreError::Dir {
+                    path: missing.to_owned(),
+                    error: cause(),
+                }),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(store::StoreError::from(sled::Error::Io(cause()))),
+                "THE-CAUSE".into(),
+            ),
+            (
+                Box::new(error::ProtocolError::from(topic::TopicError::Empty)),
+                "empty topic".into(),
+            ),
+        ];
+        for (e, needle) in errors {
+            let printed = chain(&*e);
+            assert_eq!(printed.matches(needle.as_str()).count(), 1, "{printed}");
+        }
+    }
 }

@@ -20,7 +20,8 @@ struct Args {
     /// Read the configuration from this TOML file.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Only validate this configuration file, then exit (0 if valid).
+    /// Only validate this configuration file, the password file it names and (with
+    /// persistence on) its data directory, then exit (0 if valid). Binds nothing.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "print_default_config"])]
     check_config: Option<PathBuf>,
     /// Print the commented default configuration and exit.
@@ -45,7 +46,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(path) = args.check_config {
-        Config::load(&path)?;
+        let config = Config::load(&path)?;
+        brokerd::check(&config).with_context(|| path.display().to_string())?;
         println!("{}: ok", path.display());
         return Ok(());
     }
@@ -54,14 +56,24 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         None => Config::default(),
     };
     init_tracing(&config.log.level)?;
+    let source = args.config.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        config = %source,
+        "brokerd starting"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         // Installed before the listener is announced: a SIGTERM right after `listening on`
-        // must shut down cleanly, not kill the process with the default action.
+        // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
         let shutdown = shutdown_signal().context("installing signal handlers")?;
+        log_hangups().context("installing the SIGHUP handler")?;
         brokerd::run(config, shutdown, |addr| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
@@ -101,6 +113,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+/// Installs a SIGHUP handler now and logs each SIGHUP from a task: the broker keeps running.
+/// Reloading the configuration on SIGHUP is a later issue; until then it only says so.
+#[cfg(unix)]
+fn log_hangups() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP received: configuration reload is not supported yet; still running"
+            );
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn log_hangups() -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Resolves on Ctrl-C.

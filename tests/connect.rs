@@ -173,6 +173,35 @@ fn empty_client_id_without_clean_session_is_rejected_with_0x02() {
     raw.expect_closed();
 }
 
+/// issue #8 item 2: MQTT 3.1 ("MQIsdp", level 3) has no server-assigned client ids: an empty
+/// id gets CONNACK 0x02 (identifier rejected) and the connection closes, with CleanSession 1
+/// and 0, as Mosquitto answers (checklist, [MQTT-3.1.3-8]'s 3.1 counterpart). 3.1.1 with an
+/// empty id and CleanSession=1 is still accepted ([MQTT-3.1.3-6]).
+#[test]
+fn mqtt_31_empty_client_id_is_rejected_with_0x02() {
+    let b = BrokerProc::start("");
+    for clean in [true, false] {
+        let mut c = RawConnect::new("");
+        c.protocol_name = b"MQIsdp".to_vec();
+        c.level = 3;
+        c.clean = clean;
+        let (mut raw, reply) = first_reply(&b, &c);
+        assert_eq!(
+            reply.as_deref(),
+            Some(&CONNACK_ID_REJECTED[..]),
+            "MQTT 3.1, CleanSession={clean}"
+        );
+        raw.expect_closed();
+    }
+    let (mut raw, reply) = first_reply(&b, &RawConnect::new(""));
+    assert_eq!(
+        reply.expect("CONNACK"),
+        CONNACK_OK,
+        "MQTT 3.1.1, CleanSession=1"
+    );
+    raw.ping();
+}
+
 /// [MQTT-3.1.3-5] (our choice) client ids longer than 23 chars and any UTF-8 are accepted.
 #[test]
 fn long_and_utf8_client_ids_are_accepted() {
@@ -226,6 +255,42 @@ fn password_file_accepts_right_password_and_refuses_others_with_0x05() {
         assert_eq!(reply.as_deref(), Some(&CONNACK_NOT_AUTHORIZED[..]), "{c:?}");
         raw.expect_closed();
     }
+}
+
+/// issue #8 item 6: a refused login is logged with the username as sent (`username=alice`),
+/// not as a Rust Option (`Some("alice")`); without a username the field is absent.
+#[test]
+fn refused_login_logs_the_plain_username() {
+    let b = broker_with_passwords("alice:s3cret\n", "allow_anonymous = false");
+    let (mut raw, reply) = first_reply(
+        &b,
+        &RawConnect::new("log-user")
+            .username("alice")
+            .password(b"wrong"),
+    );
+    assert_eq!(reply.as_deref(), Some(&CONNACK_NOT_AUTHORIZED[..]));
+    raw.expect_closed();
+    let (mut raw, reply) = first_reply(&b, &RawConnect::new("log-anon"));
+    assert_eq!(reply.as_deref(), Some(&CONNACK_NOT_AUTHORIZED[..]));
+    raw.expect_closed();
+    let log = b.wait_log_lines(&["not authorized"], 2);
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("not authorized"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("log-user") && l.contains("username=alice")),
+        "log:\n{log}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("log-anon") && !l.contains("username")),
+        "log:\n{log}"
+    );
+    assert!(!log.contains("Some("), "log:\n{log}");
 }
 
 /// [MQTT-3.2.2-4, -5] a client refused with 0x05 never has its will published.

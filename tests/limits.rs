@@ -201,7 +201,13 @@ fn max_queued_bytes_bounds_offline_queue() {
         p.send(&publish_packet("big", 1, false, false, i + 1, &payload));
         assert_eq!(p.expect_packet("PUBACK"), ack_packet(0x40, i + 1));
     }
-    b.wait_log("subscriber queue full");
+    b.wait_log_lines(
+        &[
+            "subscriber queue full",
+            "limit=max_queued_bytes limit_value=65536",
+        ],
+        1,
+    );
 
     let (mut s, present) = Raw::connected_with(b.addr, "ps", false);
     assert!(present);
@@ -243,7 +249,13 @@ fn max_queued_messages_bounds_offline_queue() {
         p.send(&publish_packet("count", 1, false, false, i + 1, &[i as u8]));
         assert_eq!(p.expect_packet("PUBACK"), ack_packet(0x40, i + 1));
     }
-    b.wait_log("subscriber queue full");
+    b.wait_log_lines(
+        &[
+            "subscriber queue full",
+            "limit=max_queued_messages limit_value=5",
+        ],
+        1,
+    );
     let (mut s, present) = Raw::connected_with(b.addr, "ps", false);
     assert!(present);
     for i in 0..5u8 {
@@ -253,6 +265,48 @@ fn max_queued_messages_bounds_offline_queue() {
     }
     s.ping();
     s.expect_silence(Duration::from_millis(300));
+}
+
+/// A QoS 1 subscriber that never reads nor acknowledges (window of 1) while 10 x 1 KiB QoS 1
+/// messages are published to it under `limits`; returns the queue-full warning line.
+fn queue_full_warning(limits: &str) -> String {
+    let b = BrokerProc::start(&format!("[limits]\nmax_inflight = 1\n{limits}"));
+    let mut stuck = Raw::connected(b.addr, "stuck");
+    stuck.subscribe(1, "full", 1);
+    let mut p = Raw::connected(b.addr, "pub");
+    for i in 1..=10u16 {
+        p.send(&publish_packet("full", 1, false, false, i, &[0xA5; 1024]));
+        assert_eq!(p.expect_packet("PUBACK"), ack_packet(0x40, i));
+    }
+    let log = b.wait_log_lines(&["WARN", "subscriber queue full"], 1);
+    log.lines()
+        .find(|l| l.contains("WARN") && l.contains("subscriber queue full"))
+        .expect("warning line")
+        .to_owned()
+}
+
+/// issue #8 item 3: when max_queued_bytes is the bound that refuses a message, the warning
+/// names it and its value, not max_queued_messages (checklist "Queue bounded by
+/// max_queued_messages (and bytes)").
+#[test]
+fn queue_full_warning_names_max_queued_bytes_when_it_fired() {
+    let line = queue_full_warning("max_queued_messages = 1000000\nmax_queued_bytes = 4096\n");
+    assert!(
+        line.contains("limit=max_queued_bytes") && line.contains("limit_value=4096"),
+        "{line}"
+    );
+    assert!(!line.contains("1000000"), "{line}");
+}
+
+/// issue #8 item 3: the converse: max_queued_messages fired, under a huge byte bound.
+#[test]
+fn queue_full_warning_names_max_queued_messages_when_it_fired() {
+    let line = queue_full_warning("max_queued_messages = 3\nmax_queued_bytes = 1073741824\n");
+    assert!(
+        line.contains("limit=max_queued_messages") && line.contains("limit_value=3"),
+        "{line}"
+    );
+    assert!(!line.contains("1073741824"), "{line}");
 }
 
 /// Tries to complete a CONNECT within one second; true on CONNACK.

@@ -14,7 +14,22 @@ use common::*;
 /// Runs brokerd with `args`, killing it if it runs longer than `limit`; returns
 /// (status or None if it had to be killed, stdout, stderr).
 fn run_brokerd(args: &[&str], cwd: &Path, limit: Duration) -> (Option<ExitStatus>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
+    run_brokerd_as(None, args, cwd, limit)
+}
+
+/// `run_brokerd` as user and group `uid` when given (the caller must be root).
+fn run_brokerd_as(
+    uid: Option<u32>,
+    args: &[&str],
+    cwd: &Path,
+    limit: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .env_remove("RUST_LOG")
@@ -255,4 +270,281 @@ async fn bind_port_zero_prints_the_real_port_and_serves_mqtt() {
         (p.topic.as_str(), &p.payload[..]),
         ("port/zero", &b"hi"[..])
     );
+}
+
+/// issue #8 item 1: SIGHUP does not stop the broker (our choice, until configuration reload
+/// exists): it logs that reload is not supported, keeps serving its connected clients and
+/// accepting new ones, and a later SIGTERM still exits 0.
+#[test]
+fn sighup_is_logged_and_the_broker_keeps_running() {
+    let mut b = BrokerProc::start("");
+    let mut sub = Raw::connected(b.addr, "hup-sub");
+    sub.subscribe(1, "hup/t", 1);
+
+    b.signal("HUP");
+    let log = b.wait_log("SIGHUP received");
+    assert!(
+        log.lines().any(|l| l.contains("SIGHUP received")
+            && l.contains("INFO")
+            && l.contains("reload is not supported")),
+        "log:\n{log}"
+    );
+    assert!(b.is_alive(), "brokerd exited on SIGHUP; log:\n{log}");
+
+    // The connection made before the signal still works, and a new one is accepted.
+    sub.ping();
+    let mut publisher = Raw::connected(b.addr, "hup-pub");
+    publisher.send(&publish_packet("hup/t", 1, false, false, 7, b"after-hup"));
+    assert_eq!(publisher.expect_packet("PUBACK"), ack_packet(0x40, 7));
+    let (_, qos, _, topic, id, payload) = parse_publish(&sub.expect_packet("PUBLISH"));
+    assert_eq!(
+        (qos, topic.as_str(), &payload[..]),
+        (1, "hup/t", &b"after-hup"[..])
+    );
+    sub.send(&ack_packet(0x40, id));
+    sub.ping();
+
+    b.stop();
+}
+
+/// issue #8 item 4: an OS error at startup is printed once: binding an address that is already
+/// in use exits non-zero before `listening on`, and stderr names the address and says
+/// "Address already in use" exactly once (not once per level of the error chain).
+#[test]
+fn address_in_use_is_reported_once_with_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let path = dir.path().join("busy.toml");
+    std::fs::write(&path, format!("[listener]\nbind = \"{addr}\"\n")).unwrap();
+    let (status, out, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
+    let status = status.expect("brokerd on a busy address did not exit");
+    assert!(!status.success(), "started on a busy address; stdout {out}");
+    assert!(!out.contains("listening on"), "stdout: {out}");
+    assert_eq!(
+        err.matches("Address already in use").count(),
+        1,
+        "stderr:\n{err}"
+    );
+    assert!(err.contains(&addr.to_string()), "stderr:\n{err}");
+    drop(held);
+}
+
+/// issue #8 item 4: the same for a configuration file that cannot be read: the OS error
+/// appears once and the file is named.
+#[test]
+fn unreadable_config_file_is_reported_once_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let (status, _, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
+    assert!(!status.expect("did not exit").success(), "stderr:\n{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("missing.toml"), "stderr:\n{err}");
+}
+
+/// `--check-config FILE` for a config of `toml` written to `dir/name`: (success, stdout, stderr).
+fn check_config(dir: &Path, name: &str, toml: &str) -> (bool, String, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    let (status, out, err) = run_brokerd(&["--check-config", path.to_str().unwrap()], dir, WAIT);
+    (
+        status.expect("--check-config did not exit").success(),
+        out,
+        err,
+    )
+}
+
+/// issue #8 item 5: `--check-config` loads the password file as the real start does: a missing
+/// file and a line without ':' are errors naming the file (and the OS error or the line), and
+/// the same config with a well-formed file is "ok".
+#[test]
+fn check_config_refuses_a_missing_or_malformed_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let toml = format!("[auth]\npassword_file = \"{}\"\n", passwd.display());
+
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(!ok, "missing password file accepted; stdout {out}");
+    assert!(
+        err.contains(&passwd.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("No such file or directory"), "stderr:\n{err}");
+
+    std::fs::write(&passwd, "alice:s3cret\nbob-without-colon\n").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(!ok, "malformed password file accepted; stdout {out}");
+    assert!(
+        err.contains(&passwd.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("line 2"), "stderr:\n{err}");
+
+    std::fs::write(&passwd, "alice:s3cret\nbob:pw\n").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
+    assert!(ok, "stderr:\n{err}");
+    assert!(out.contains("auth.toml: ok"), "stdout {out}");
+}
+
+/// issue #8 item 5: with `[persistence] enabled = true`, `--check-config` checks the data
+/// directory without opening it: a path that is a regular file, or whose parent does not
+/// exist, is an error naming the path and the OS error. An existing directory (even one a
+/// running broker is using) and a missing one whose parent exists are "ok", and the check
+/// creates nothing.
+#[test]
+fn check_config_refuses_an_unusable_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let persist = |path: &Path| {
+        format!(
+            "[persistence]\nenabled = true\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&file));
+    assert!(
+        !ok,
+        "a regular file accepted as data directory; stdout {out}"
+    );
+    assert!(err.contains(&file.display().to_string()), "stderr:\n{err}");
+    assert!(err.contains("Not a directory"), "stderr:\n{err}");
+
+    let orphan = dir.path().join("no-such-parent").join("data");
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&orphan));
+    assert!(
+        !ok,
+        "a data directory without parent accepted; stdout {out}"
+    );
+    assert!(
+        err.contains(&orphan.display().to_string()),
+        "stderr:\n{err}"
+    );
+    assert!(err.contains("No such file or directory"), "stderr:\n{err}");
+    assert!(
+        !orphan.parent().unwrap().exists(),
+        "the check created the parent"
+    );
+
+    // Usable: a directory a broker is running on right now, and a missing last component.
+    let running = BrokerProc::start("[persistence]\nenabled = true\npath = \"data\"\n");
+    let in_use = running.data_dir().join("data");
+    assert!(in_use.is_dir());
+    let (ok, out, err) = check_config(dir.path(), "p.toml", &persist(&in_use));
+    assert!(ok, "stderr:\n{err}");
+    assert!(out.contains("p.toml: ok"), "stdout {out}");
+    let fresh = dir.path().join("fresh");
+    let (ok, _, err) = check_config(dir.path(), "p.toml", &persist(&fresh));
+    assert!(ok, "stderr:\n{err}");
+    assert!(!fresh.exists(), "--check-config created the data directory");
+    running.stop();
+}
+
+/// issue #8 item 5: a data directory, or the parent of a missing one, that the broker's user
+/// cannot write to is an error naming the path and "Permission denied". Root bypasses file
+/// modes, so as root the broker runs as uid/gid 65534 (nobody).
+#[test]
+fn check_config_refuses_a_data_directory_it_cannot_write() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let uid = root.then_some(65_534);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("read-only");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let config = dir.path().join("ro.toml");
+    for data in [locked.clone(), locked.join("data")] {
+        std::fs::write(
+            &config,
+            format!(
+                "[persistence]\nenabled = true\npath = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let (status, out, err) = run_brokerd_as(
+            uid,
+            &["--check-config", config.to_str().unwrap()],
+            dir.path(),
+            WAIT,
+        );
+        let status = status.expect("--check-config did not exit");
+        assert!(
+            !status.success(),
+            "{}: accepted; stdout {out}",
+            data.display()
+        );
+        assert!(err.contains(&data.display().to_string()), "stderr:\n{err}");
+        assert!(err.contains("Permission denied"), "stderr:\n{err}");
+    }
+    // The same directory made writable is accepted.
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (status, out, err) = run_brokerd_as(
+        uid,
+        &["--check-config", config.to_str().unwrap()],
+        dir.path(),
+        WAIT,
+    );
+    assert!(status.expect("did not exit").success(), "stderr:\n{err}");
+    assert!(out.contains("ro.toml: ok"), "stdout {out}");
+}
+
+/// issue #8 item 6: the start-up log says which brokerd runs and how: one line with the
+/// version and the config file, and, once bound, one with the listener address and the
+/// persistence mode (off, or the path with the sync mode, plus the flush interval for
+/// "periodic").
+#[test]
+fn startup_log_names_version_config_listener_and_persistence() {
+    let version = env!("CARGO_PKG_VERSION");
+    let line_with = |log: &str, parts: &[&str]| {
+        log.lines()
+            .any(|l| l.contains(" INFO ") && parts.iter().all(|p| l.contains(p)))
+    };
+
+    let b = BrokerProc::start("");
+    let log = b.wait_log("listening");
+    let config = b.config_path.display().to_string();
+    assert!(
+        line_with(
+            &log,
+            &[&format!("version={version}"), &format!("config={config}")]
+        ),
+        "no start line with version and config path; log:\n{log}"
+    );
+    assert!(
+        line_with(&log, &[&format!("addr={}", b.addr), "persistence=off"]),
+        "no listening line with address and persistence; log:\n{log}"
+    );
+    b.stop();
+
+    for (sync, expected) in [
+        ("always", "sync=always"),
+        ("periodic", "sync=periodic flush_interval_ms=250"),
+    ] {
+        let b = BrokerProc::start(&format!(
+            "[persistence]\nenabled = true\npath = \"data\"\nsync = \"{sync}\"\nflush_interval_ms = 250\n"
+        ));
+        let log = b.wait_log("listening");
+        let path = b.data_dir().join("data").display().to_string();
+        assert!(
+            line_with(
+                &log,
+                &[
+                    &format!("addr={}", b.addr),
+                    &format!("persistence=on path={path} {expected}")
+                ]
+            ),
+            "no listening line with persistence {expected}; log:\n{log}"
+        );
+        if sync == "always" {
+            assert!(!log.contains("flush_interval_ms=250"), "log:\n{log}");
+        }
+        b.stop();
+    }
 }

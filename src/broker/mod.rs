@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
 use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
 use crate::topic::{ClientId, TopicFilter, TopicName};
-use queue::{Delivery, InflightState, QueueLimits};
+use queue::{Delivery, InflightState, QueueFull, QueueLimits};
 use registry::{ConnCtl, ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
 use trie::SubscriptionTrie;
@@ -364,15 +364,15 @@ impl Broker {
                 false,
                 &inner.store,
             );
-            if offer == Offer::Full {
-                self.note_drop(&session, qos);
+            if let Offer::Full(full) = offer {
+                self.note_drop(&session, qos, full);
             }
         }
     }
 
-    /// Counts a drop; a QoS 1/2 drop also warns, at most once a second (QoS 0 drops are only
-    /// counted, as Mosquitto does: QoS 0 promises nothing).
-    fn note_drop(&self, session: &Session, qos: QoS) {
+    /// Counts a drop; a QoS 1/2 drop also warns, naming the bound that refused it, at most once
+    /// a second (QoS 0 drops are only counted, as Mosquitto does: QoS 0 promises nothing).
+    fn note_drop(&self, session: &Session, qos: QoS, full: QueueFull) {
         let inner = &*self.inner;
         let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if qos == QoS::AtMostOnce {
@@ -391,7 +391,8 @@ impl Broker {
                 client_id = %session.client_id,
                 session_dropped = session.dropped.load(Ordering::Relaxed),
                 total_dropped = total,
-                limit = inner.limits.max_queued_messages,
+                limit = %full.key(),
+                limit_value = full.value(&inner.limits),
                 "subscriber queue full: dropping messages (warning at most once a second)"
             );
         }

@@ -46,6 +46,33 @@ pub(crate) struct QueueLimits {
     pub(crate) max_queued_bytes: usize,
 }
 
+/// Which bound refused a delivery: the drop warning names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueFull {
+    /// `limits.max_queued_messages`.
+    Messages,
+    /// `limits.max_queued_bytes`.
+    Bytes,
+}
+
+impl QueueFull {
+    /// The name of the bound, as in `[limits]`.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            QueueFull::Messages => "max_queued_messages",
+            QueueFull::Bytes => "max_queued_bytes",
+        }
+    }
+
+    /// The bound's value in `limits`.
+    pub(crate) fn value(self, limits: &QueueLimits) -> usize {
+        match self {
+            QueueFull::Messages => limits.max_queued_messages,
+            QueueFull::Bytes => limits.max_queued_bytes,
+        }
+    }
+}
+
 /// What a client's acknowledgement means for the window.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum AckOutcome {
@@ -80,21 +107,23 @@ pub(crate) struct Outgoing {
 impl Outbound {
     /// Queues a delivery. `force` skips the bounds (retained messages sent on SUBSCRIBE, which
     /// are already held by the retained store). Returns whether the queue was empty before, or
-    /// `Err(())` when the delivery was refused because the queue is full.
+    /// which bound refused the delivery because the queue is full.
     pub(crate) fn push(
         &mut self,
         d: Delivery,
         limits: &QueueLimits,
         force: bool,
-    ) -> Result<bool, ()> {
+    ) -> Result<bool, QueueFull> {
         let len = d.msg.payload.len();
         if !force {
-            let over_count = self.queue.len() >= limits.max_queued_messages;
-            let over_bytes = limits.max_queued_bytes != 0
+            if self.queue.len() >= limits.max_queued_messages {
+                return Err(QueueFull::Messages);
+            }
+            if limits.max_queued_bytes != 0
                 && self.queued_bytes + len > limits.max_queued_bytes
-                && !self.queue.is_empty();
-            if over_count || over_bytes {
-                return Err(());
+                && !self.queue.is_empty()
+            {
+                return Err(QueueFull::Bytes);
             }
         }
         let was_empty = self.queue.is_empty();
@@ -274,7 +303,10 @@ mod tests {
         assert_eq!(o.push(d(QoS::AtLeastOnce, 1), &LIMITS, false), Ok(true));
         assert_eq!(o.push(d(QoS::AtLeastOnce, 2), &LIMITS, false), Ok(false));
         assert_eq!(o.push(d(QoS::AtLeastOnce, 3), &LIMITS, false), Ok(false));
-        assert_eq!(o.push(d(QoS::AtLeastOnce, 4), &LIMITS, false), Err(()));
+        assert_eq!(
+            o.push(d(QoS::AtLeastOnce, 4), &LIMITS, false),
+            Err(QueueFull::Messages)
+        );
         assert!(o.push(d(QoS::AtLeastOnce, 5), &LIMITS, true).is_ok());
         assert_eq!(o.queued_len(), 4);
     }
@@ -289,7 +321,10 @@ mod tests {
         let mut o = Outbound::default();
         assert!(o.push(d(QoS::AtMostOnce, 1), &limits, false).is_ok());
         assert!(o.push(d(QoS::AtMostOnce, 2), &limits, false).is_ok());
-        assert!(o.push(d(QoS::AtMostOnce, 3), &limits, false).is_err());
+        assert_eq!(
+            o.push(d(QoS::AtMostOnce, 3), &limits, false),
+            Err(QueueFull::Bytes)
+        );
     }
 
     /// The window holds at most max_inflight QoS>0 messages; ids count up from 1; order holds.

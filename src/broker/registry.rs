@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::queue::{Delivery, Outbound, QueueLimits};
+use super::queue::{Delivery, Outbound, QueueFull, QueueLimits};
 use crate::message::QoS;
 use crate::store::{Op, Store, StoredMessage};
 use crate::topic::{ClientId, TopicFilter};
@@ -131,8 +131,8 @@ pub(crate) struct Session {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Offer {
     Queued,
-    /// Refused: the queue is at its bound.
-    Full,
+    /// Refused: the queue is at this bound.
+    Full(QueueFull),
     /// Not queued by policy (QoS 0 for an offline session, or a discarded session).
     Skipped,
 }
@@ -202,10 +202,10 @@ impl Session {
                 }
                 Offer::Queued
             }
-            Err(()) => {
+            Err(full) => {
                 drop(st);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                Offer::Full
+                Offer::Full(full)
             }
         }
     }

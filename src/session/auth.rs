@@ -14,14 +14,12 @@ pub(crate) struct Auth {
     passwords: Option<HashMap<String, Vec<u8>>>,
 }
 
-/// A password file that could not be used.
+/// A password file that could not be used. The message includes the cause; `source()` does
+/// not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
-    #[error("cannot read password file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read password file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("password file {path} line {line}: expected \"username:password\"")]
     Format { path: String, line: usize },
 }
@@ -54,9 +52,9 @@ impl Auth {
 
 fn read_password_file(path: &Path) -> Result<HashMap<String, Vec<u8>>, AuthError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| AuthError::Read {
         path: shown.clone(),
-        source,
+        error,
     })?;
     let mut table = HashMap::new();
     for (i, line) in text.lines().enumerate() {

@@ -81,8 +81,15 @@ async fn accept_connect(
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
-    // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1.
+    // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
+    // in 3.1.1: MQTT 3.1 requires an id, so Mosquitto answers 0x02 there too.
     let client_id: ClientId = if c.client_id.is_empty() {
+        if c.protocol_level == 3 {
+            info!("empty client id in MQTT 3.1 (MQIsdp): refused (0x02)");
+            refuse(&mut io, connack::IDENTIFIER_REJECTED);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return None;
+        }
         if !c.clean_session {
             info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
@@ -100,7 +107,8 @@ async fn accept_connect(
         .permits(c.username.as_deref(), c.password.as_deref())
     {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        warn!(username = ?c.username, "not authorized: refused (0x05)");
+        let username = c.username.as_deref().map(tracing::field::display);
+        warn!(username, "not authorized: refused (0x05)");
         refuse(&mut io, connack::NOT_AUTHORIZED);
         let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
         return None;

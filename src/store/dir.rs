@@ -19,10 +19,10 @@ pub(crate) struct DirLock {
     _file: File,
 }
 
-fn dir_error(path: &Path, source: io::Error) -> StoreError {
+fn dir_error(path: &Path, error: io::Error) -> StoreError {
     StoreError::Dir {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

@@ -6,6 +6,7 @@
 //! one atomic batch; a data directory is renamed only when its content is proven corrupt, and
 //! only one broker uses it at a time (an exclusive lock). With persistence off nothing here runs.
 
+pub(crate) mod data_dir;
 mod dir;
 mod legacy;
 mod sled_backend;
@@ -26,15 +27,16 @@ use crate::config::{OnCorrupt, PersistenceConfig, SyncMode};
 
 pub(crate) use sled_backend::SledBackend;
 
-/// A failure of the storage engine or of the data directory.
+/// A failure of the storage engine or of the data directory. The message includes the cause;
+/// `source()` does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
-    #[error("storage engine")]
-    Engine(#[from] sled::Error),
-    #[error("data directory {path}")]
+    #[error("storage engine: {0}")]
+    Engine(sled::Error),
+    #[error("data directory {path}: {error}")]
     Dir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("data directory {path} is not a directory")]
     NotADirectory { path: PathBuf },
@@ -62,6 +64,12 @@ impl StoreError {
             StoreError::Engine(sled::Error::Unsupported(m)) => m.contains("earlier than 0.29"),
             _ => false,
         }
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> StoreError {
+        StoreError::Engine(e)
     }
 }
 
@@ -279,7 +287,7 @@ impl Store {
     /// its content is corrupt and `on_corrupt` allows), and starts the writer thread.
     pub(crate) fn open(config: &PersistenceConfig) -> Result<(Store, Snapshot), StoreError> {
         Self::open_inner(config).inspect_err(|e| {
-            error!(path = %config.path.display(), error = %error_chain(e), "cannot use the data directory: not starting");
+            error!(path = %config.path.display(), error = %e, "cannot use the data directory: not starting");
         })
     }
 
@@ -347,9 +355,9 @@ impl Store {
                 let _done = done_tx;
                 w.run();
             })
-            .map_err(|source| StoreError::Dir {
+            .map_err(|error| StoreError::Dir {
                 path: path.clone(),
-                source,
+                error,
             })?;
         Ok((
             Store {
@@ -486,18 +494,6 @@ impl Store {
     }
 }
 
-/// The error and its causes on one line ("a: b: c"), for log fields.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -516,14 +512,14 @@ fn move_aside(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let aside = dir::with_suffix(&config.path, &format!(".corrupt-{stamp}"));
-    std::fs::rename(&config.path, &aside).map_err(|source| StoreError::Dir {
+    std::fs::rename(&config.path, &aside).map_err(|error| StoreError::Dir {
         path: config.path.clone(),
-        source,
+        error,
     })?;
     error!(
         path = %config.path.display(),
         moved_to = %aside.display(),
-        error = %error_chain(&e),
+        error = %e,
         "data directory corrupt: moved aside, starting with empty state"
     );
     dir::prepare(&config.path)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::{dir, error_chain, lock, Backend, Op, Shared, SledBackend, StoreError};
+use super::{dir, lock, Backend, Op, Shared, SledBackend, StoreError};
 use crate::config::SyncMode;
 
 /// With sync = "periodic", a flush comes early once this many applied ops wait for it.
@@ -321,10 +321,10 @@ impl<F: Fn() -> Result<SledBackend, StoreError>> Writer<F> {
 
     fn retry(&mut self, what: &str, e: StoreError) {
         if !self.failing {
-            error!(error = %error_chain(&e), "persistence {what} failed; acknowledgements withheld, retrying");
+            error!(error = %e, "persistence {what} failed; acknowledgements withheld, retrying");
             self.failing = true;
         } else {
-            debug!(error = %error_chain(&e), "persistence {what} failed again");
+            debug!(error = %e, "persistence {what} failed again");
         }
         // Drop the engine (and its file lock) before reopening.
         self.backend = None;
@@ -337,7 +337,7 @@ impl<F: Fn() -> Result<SledBackend, StoreError>> Writer<F> {
 
     fn give_up(&self, what: &str, e: &StoreError) {
         let n = self.unwritten();
-        error!(error = %error_chain(e), unwritten_ops = n, "persistence {what} failed at shutdown: state not written");
+        error!(error = %e, unwritten_ops = n, "persistence {what} failed at shutdown: state not written");
         self.shared.unwritten.store(n as u64, Ordering::Release);
     }
 

@@ -2,9 +2,11 @@
 # Interoperability tests: drive the built brokerd binary with third-party clients
 # (mosquitto_pub/mosquitto_sub from Debian's mosquitto-clients, and Python paho-mqtt 2.x).
 #
-#   cargo build --bin brokerd && bash tests/interop/interop.sh
-#   BROKERD=target/release/brokerd bash tests/interop/interop.sh
+#   bash tests/interop/interop.sh                        # builds brokerd (debug) with cargo
+#   BROKERD=/path/to/brokerd bash tests/interop/interop.sh   # this binary; no build
 #
+# Without BROKERD, cargo builds the binary and reports where it put it, so CARGO_TARGET_DIR and
+# cargo's build.target-dir settings are honoured.
 # Starts one broker on a free loopback port, runs every case (each prints PASS or FAIL), stops
 # the broker with SIGTERM, and ends with "N passed, M failed"; exits non-zero when M > 0.
 # Every wait is bounded. Needs: mosquitto_pub, mosquitto_sub, python3 with paho-mqtt 2.x.
@@ -12,7 +14,6 @@ set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-BROKERD="${BROKERD:-$ROOT/target/debug/brokerd}"
 PAHO=(python3 "$HERE/paho_client.py")
 T=10 # seconds: the bound on any single wait
 
@@ -23,7 +24,31 @@ python3 -c 'import paho.mqtt.client as m; assert hasattr(m, "CallbackAPIVersion"
     echo "interop: python3 needs paho-mqtt 2.x (pip install paho-mqtt==2.2.0)" >&2
     exit 2
 }
-[[ -x "$BROKERD" ]] || { echo "interop: broker binary $BROKERD not found (cargo build --bin brokerd)" >&2; exit 2; }
+
+# brokerd_path: builds the brokerd binary (diagnostics on stderr) and prints the path cargo
+# reports for it: the "executable" of its compiler-artifact message.
+brokerd_path() {
+    (cd "$ROOT" && cargo build --bin brokerd --message-format=json-render-diagnostics) |
+        python3 -c '
+import json, sys
+exe = ""
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    target = msg.get("target") or {}
+    if msg.get("reason") == "compiler-artifact" and target.get("name") == "brokerd" \
+            and "bin" in target.get("kind", []) and msg.get("executable"):
+        exe = msg["executable"]
+print(exe)
+'
+}
+if [[ -z "${BROKERD:-}" ]]; then
+    BROKERD="$(brokerd_path)" || { echo "interop: cargo build --bin brokerd failed" >&2; exit 2; }
+fi
+[[ -n "$BROKERD" && -x "$BROKERD" ]] || { echo "interop: broker binary '$BROKERD' not found" >&2; exit 2; }
+echo "interop: using $BROKERD"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/brokerd-interop.XXXXXX")"
 BROKER_PID=""
