@@ -141,6 +141,10 @@ pub(crate) enum Op {
     RetainDel {
         topic: Arc<str>,
     },
+    /// Written by the writer around the operations of overlapping groups (never submitted):
+    /// what lies between them reaches the disk in one atomic batch.
+    AtomicBegin,
+    AtomicEnd,
 }
 
 impl Op {
@@ -214,6 +218,9 @@ struct Pending {
     /// Groups open now, and where in `ops` the oldest of them began (see `Group`).
     open_groups: usize,
     epoch_start: usize,
+    /// Ranges of `ops` written by groups that overlapped in time, closed since the writer's
+    /// last take; each goes to disk as one atomic batch.
+    epochs: Vec<(usize, usize)>,
     /// The writer waits for the open groups to close; new groups wait for the writer.
     writer_waiting: bool,
 }
@@ -269,6 +276,10 @@ impl Drop for Group<'_> {
             let mut p = lock(&shared.pending);
             p.open_groups -= 1;
             if p.open_groups == 0 {
+                let range = (p.epoch_start, p.ops.len());
+                if range.1 > range.0 {
+                    p.epochs.push(range);
+                }
                 drop(p);
                 shared.wake.notify_one();
                 shared.groups_done.notify_all();

@@ -193,13 +193,27 @@ impl<F: Fn() -> Result<SledBackend, StoreError>> Writer<F> {
                 self.undurable_since_ms =
                     Some(self.undurable_since_ms.map_or(first, |u| u.min(first)));
             }
-            if left == 0 {
-                self.batch.append(&mut p.ops);
-                p.first_ms = None;
-            } else {
-                // The rest was submitted later; keeping the older time only gates earlier.
+            // Closed epochs all lie before the open one (if any), so within what is taken.
+            let epochs = std::mem::take(&mut p.epochs);
+            if epochs.is_empty() {
                 self.batch.extend(p.ops.drain(..takeable));
+            } else {
+                let mut next = epochs.iter().peekable();
+                for (i, op) in p.ops.drain(..takeable).enumerate() {
+                    if next.peek().is_some_and(|e| e.0 == i) {
+                        self.batch.push(Op::AtomicBegin);
+                    }
+                    self.batch.push(op);
+                    if next.peek().is_some_and(|e| e.1 == i + 1) {
+                        self.batch.push(Op::AtomicEnd);
+                        next.next();
+                    }
+                }
             }
+            if left == 0 {
+                p.first_ms = None;
+            }
+            // Otherwise the rest was submitted later; keeping the older time only gates earlier.
             if p.open_groups > 0 {
                 p.epoch_start -= takeable;
             }
