@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
+//! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loop and the connection limit |
@@ -29,6 +30,12 @@
 //! 5. PUBACK (or PUBREC, PUBREL, PUBCOMP) frees window credit and the queue drains again.
 //!
 //! Nothing on this path awaits another client: a slow subscriber only fills its own queue.
+//!
+//! With persistence on, a persistent subscriber's copy is also submitted to the store (in
+//! queue order, under the session lock), and a packet that reveals stored state (PUBACK,
+//! PUBREC, PUBREL, PUBCOMP, a QoS 2 PUBLISH, SUBACK, UNSUBACK, CONNACK) waits in its
+//! connection's `pending_acks` until the writer reports that state durable
+//! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
 #[doc(hidden)]
 pub mod bench_api;

@@ -377,7 +377,7 @@ fn crash_loop(
             .0
             .send(&disconnect_packet());
     }
-    wait_disconnects(&b, SUB, 1);
+    b.wait_disconnected(SUB, 1);
     let mut b = Restart::Graceful.restart(b, config);
     let mut kills = Vec::new();
     let rounds = rounds();

@@ -40,7 +40,7 @@ async fn acked_messages_survive(config: &str, restart: Restart) {
     );
     sub.disconnect().await;
     drop(sub);
-    wait_disconnects(&b, "dur-sub", 1);
+    b.wait_disconnected("dur-sub", 1);
 
     let (mut publ, _) = connect_with(options(b.addr, "dur-pub")).await;
     let mut expected = Vec::new();
@@ -360,7 +360,7 @@ fn cleaned_session_leaves_nothing(restart: Restart) {
     assert!(!present, "[MQTT-3.2.2-1]");
     s.ping();
     s.send(&disconnect_packet());
-    wait_disconnects(&b, "cs", 2);
+    b.wait_disconnected("cs", 2);
     if let Restart::Kill9 = restart {
         // Nothing acknowledges the removal itself; make sure it was flushed before the crash.
         durability_barrier(b.addr, 1);

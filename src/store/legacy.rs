@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::{Op, StoreError, StoredMessage, StoredState};
+use super::{Op, StoreError};
 
 /// The format 1 trees, in the order their records are re-created.
 const TREES: [&str; 5] = ["sessions", "subs", "msgs", "qos2", "retained"];
@@ -19,31 +17,9 @@ fn split_key(k: &[u8]) -> Option<(Arc<str>, &[u8])> {
     Some((id.into(), &k[2 + len..]))
 }
 
-/// Format 1 message record: state(1) pkid(2) qos(1) retain(1) topic_len(2) topic payload.
-fn decode_msg(v: &[u8]) -> Option<(StoredMessage, StoredState)> {
-    let (&tag, rest) = v.split_first()?;
-    let pkid = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
-    let qos = *rest.get(2)?;
-    let retain = *rest.get(3)? != 0;
-    let tlen = usize::from(u16::from_be_bytes([*rest.get(4)?, *rest.get(5)?]));
-    let topic = Arc::from(std::str::from_utf8(rest.get(6..6 + tlen)?).ok()?);
-    let payload = Bytes::copy_from_slice(rest.get(6 + tlen..)?);
-    let state = match tag {
-        0 => StoredState::Queued,
-        1 if pkid != 0 => StoredState::Sent(pkid),
-        2 if pkid != 0 => StoredState::Released(pkid),
-        _ => return None,
-    };
-    (qos <= 2).then_some((
-        StoredMessage {
-            topic,
-            payload,
-            qos,
-            retain,
-        },
-        state,
-    ))
-}
+/// Format 1 message records have the layout of format 2's (`sled_backend::decode_msg`): only
+/// their place (one tree per kind) changed.
+use super::sled_backend::decode_msg;
 
 fn has_tree(db: &sled::Db, name: &str) -> bool {
     db.tree_names().iter().any(|n| &**n == name.as_bytes())

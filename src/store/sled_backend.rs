@@ -85,7 +85,7 @@ fn encode_msg(msg: &StoredMessage, state: StoredState) -> Vec<u8> {
     v
 }
 
-fn decode_msg(v: &[u8]) -> Option<(StoredMessage, StoredState)> {
+pub(super) fn decode_msg(v: &[u8]) -> Option<(StoredMessage, StoredState)> {
     let state = decode_state(v.get(..3)?)?;
     let v = &v[3..];
     let qos = *v.first()?;

@@ -3,7 +3,7 @@
 //! acknowledgement, and small tmpfs file systems for the disk-full tests.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 
@@ -54,36 +54,11 @@ pub fn loaded_count(b: &BrokerProc, key: &str) -> usize {
         .expect("number")
 }
 
-/// Waits until this broker run has logged `n` disconnects of `client_id` (the id appears as a
-/// `client_id=ID` field or in the connection span as `client_id="ID"`).
-pub fn wait_disconnects(b: &BrokerProc, client_id: &str, n: usize) {
-    let (plain, quoted) = (
-        format!("client_id={client_id} "),
-        format!("client_id=\"{client_id}\""),
-    );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = b.log();
-        let count = log
-            .lines()
-            .filter(|l| l.contains("disconnected") && (l.contains(&plain) || l.contains(&quoted)))
-            .count();
-        if count >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log never had {n} disconnects of {client_id} (had {count}); log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Drops a raw client's socket and waits until the broker has logged its disconnect (the
 /// `n`-th for this client id in this broker run), so the session is offline afterwards.
 pub fn go_offline(b: &BrokerProc, raw: Raw, client_id: &str, n: usize) {
     drop(raw);
-    wait_disconnects(b, client_id, n);
+    b.wait_disconnected(client_id, n);
 }
 
 /// Publishes from a fresh raw clean-session client and waits for the full acknowledgement.
