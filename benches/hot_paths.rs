@@ -89,11 +89,23 @@ fn routing(c: &mut Criterion) {
     let mut p = BytesMut::new();
     p.put_bytes(7, 64);
     let payload: Bytes = p.freeze();
-    for subs in [1usize, 1000] {
+    // The defaults (with the global budget of queued bytes), and without that budget: the
+    // difference is what its per-message accounting costs.
+    let variants = [
+        (1usize, ""),
+        (1, "_budget_off"),
+        (1000, ""),
+        (1000, "_budget_off"),
+    ];
+    for (subs, variant) in variants {
         // Queues sized so a round of 100 publishes never hits the bound.
-        let router = Router::new(subs, "site/+/dev/+/temp", 128);
+        let router = if variant.is_empty() {
+            Router::new(subs, "site/+/dev/+/temp", 128)
+        } else {
+            Router::with_budget(subs, "site/+/dev/+/temp", 128, 0)
+        };
         g.throughput(Throughput::Elements(subs as u64));
-        g.bench_function(format!("to_{subs}_subscribers"), |b| {
+        g.bench_function(format!("to_{subs}_subscribers{variant}"), |b| {
             b.iter_custom(|iters| {
                 let mut total = std::time::Duration::ZERO;
                 let mut left = iters;

@@ -76,8 +76,19 @@ impl Router {
     /// `n` sessions subscribed to `filter` at QoS 0 with queues large enough for `per_round`
     /// messages each.
     pub fn new(n: usize, filter: &str, per_round: usize) -> Router {
+        Router::with_budget(
+            n,
+            filter,
+            per_round,
+            Config::default().limits.max_queued_bytes_total,
+        )
+    }
+
+    /// Like `new`, with `limits.max_queued_bytes_total` set (0 = no global budget).
+    pub fn with_budget(n: usize, filter: &str, per_round: usize, budget: usize) -> Router {
         let mut config = Config::default();
         config.limits.max_queued_messages = per_round.max(1);
+        config.limits.max_queued_bytes_total = budget;
         let broker = Broker::new(&config, Store::disabled());
         let f = TopicFilter::parse(filter).expect("valid filter");
         let mut sessions = Vec::with_capacity(n);
@@ -107,11 +118,11 @@ impl Router {
 
     /// Empties every session queue (outside the measured work, between rounds).
     pub fn drain(&self) -> usize {
-        let limits = *self.broker.limits();
+        let limits = self.broker.limits();
         let mut n = 0;
         for s in &self.sessions {
             let mut st = s.lock();
-            while st.out.next(&limits).is_some() {
+            while st.out.next(limits).is_some() {
                 n += 1;
             }
         }

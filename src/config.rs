@@ -62,6 +62,8 @@ pub struct LimitsConfig {
     pub max_packet_size: usize,
     pub connect_timeout_ms: u64,
     pub max_keepalive_s: u16,
+    // Limits under attack (src/limits/, broker::budget); a limit of 0 is off.
+    pub max_queued_bytes_total: usize,
 }
 
 /// `[session]`: session behaviour where the standard leaves a choice.
@@ -155,6 +157,7 @@ impl Default for LimitsConfig {
             max_packet_size: 1_048_576,
             connect_timeout_ms: 10_000,
             max_keepalive_s: 65_535,
+            max_queued_bytes_total: 1 << 30,
         }
     }
 }

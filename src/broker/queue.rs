@@ -5,7 +5,9 @@
 //! messages leave in the order they were queued ([MQTT-4.6.0-5]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
+use super::budget::QueueBudget;
 use crate::message::{QoS, SharedMessage};
 
 /// One message on its way to one subscriber.
@@ -38,12 +40,17 @@ pub(crate) struct InflightEntry {
 }
 
 /// Bounds of one session's queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct QueueLimits {
     pub(crate) max_inflight: usize,
     pub(crate) max_queued_messages: usize,
     /// 0 = no byte bound.
     pub(crate) max_queued_bytes: usize,
+    /// `limits.max_queued_bytes_total` (0 = none), for drop warnings.
+    pub(crate) max_queued_bytes_total: usize,
+    /// The global budget every queue counts against, when `max_queued_bytes_total` is set.
+    /// Here rather than in each queue: an idle session stays as small as it was.
+    pub(crate) budget: Option<Arc<QueueBudget>>,
 }
 
 /// Which bound refused a delivery: the drop warning names it.
@@ -53,6 +60,11 @@ pub(crate) enum QueueFull {
     Messages,
     /// `limits.max_queued_bytes`.
     Bytes,
+    /// `limits.max_queued_bytes_total` is nearly used up and this session holds more than its
+    /// fair share of it.
+    FairShare,
+    /// `limits.max_queued_bytes_total` is used up.
+    TotalBytes,
 }
 
 impl QueueFull {
@@ -61,6 +73,7 @@ impl QueueFull {
         match self {
             QueueFull::Messages => "max_queued_messages",
             QueueFull::Bytes => "max_queued_bytes",
+            QueueFull::FairShare | QueueFull::TotalBytes => "max_queued_bytes_total",
         }
     }
 
@@ -69,6 +82,7 @@ impl QueueFull {
         match self {
             QueueFull::Messages => limits.max_queued_messages,
             QueueFull::Bytes => limits.max_queued_bytes,
+            QueueFull::FairShare | QueueFull::TotalBytes => limits.max_queued_bytes_total,
         }
     }
 }
@@ -125,8 +139,14 @@ impl Outbound {
             {
                 return Err(QueueFull::Bytes);
             }
+            if let Some(b) = &limits.budget {
+                b.admit(self.queued_bytes, len)?;
+            }
         }
         let was_empty = self.queue.is_empty();
+        if let Some(b) = &limits.budget {
+            b.add(self.queued_bytes, len);
+        }
         self.queued_bytes += len;
         self.queue.push_back(d);
         Ok(was_empty)
@@ -146,7 +166,11 @@ impl Outbound {
             self.alloc_pkid()?
         };
         let delivery = self.queue.pop_front()?;
-        self.queued_bytes -= delivery.msg.payload.len();
+        let len = delivery.msg.payload.len();
+        if let Some(b) = &limits.budget {
+            b.sub(self.queued_bytes, len);
+        }
+        self.queued_bytes -= len;
         if pkid != 0 {
             self.inflight.push_back(InflightEntry {
                 pkid,
@@ -253,7 +277,8 @@ impl Outbound {
 
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
-    pub(crate) fn drop_queued_qos0(&mut self) {
+    pub(crate) fn drop_queued_qos0(&mut self, limits: &QueueLimits) {
+        let before = self.queued_bytes;
         let mut bytes = 0;
         self.queue.retain(|d| {
             let keep = d.qos != QoS::AtMostOnce;
@@ -263,6 +288,19 @@ impl Outbound {
             keep
         });
         self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before, before - bytes);
+        }
+    }
+
+    /// Empties the queue of a session that is discarded (nothing will take from it any more)
+    /// and gives its bytes back to the budget. In-flight messages are left as they are.
+    pub(crate) fn discard_queue(&mut self, limits: &QueueLimits) {
+        if let Some(b) = &limits.budget {
+            b.sub(self.queued_bytes, self.queued_bytes);
+        }
+        self.queue = VecDeque::new();
+        self.queued_bytes = 0;
     }
 }
 
@@ -280,6 +318,8 @@ mod tests {
         max_inflight: 2,
         max_queued_messages: 3,
         max_queued_bytes: 0,
+        max_queued_bytes_total: 0,
+        budget: None,
     };
 
     fn d(qos: QoS, n: u8) -> Delivery {
@@ -404,5 +444,47 @@ mod tests {
         o.next(&limits).unwrap();
         o.push(d(QoS::AtMostOnce, 0), &limits, false).unwrap();
         assert_eq!(o.next(&limits).unwrap().pkid, 0);
+    }
+
+    /// issue #9 item 5: with a global budget, every queued byte is counted once and given back
+    /// when it leaves the queue (sent, dropped as offline QoS 0, or the session discarded), and
+    /// the count of queueing sessions follows; a full budget refuses, forced pushes pass.
+    #[test]
+    fn budget_counts_queued_bytes_and_gets_them_back() {
+        let budget = Arc::new(QueueBudget::new(8));
+        let limits = QueueLimits {
+            max_queued_messages: 100,
+            budget: Some(budget.clone()),
+            ..LIMITS
+        };
+        let mut a = Outbound::default();
+        let mut b = Outbound::default();
+        for n in 0..4 {
+            a.push(d(QoS::AtMostOnce, n), &limits, false).unwrap();
+        }
+        a.push(d(QoS::AtLeastOnce, 4), &limits, false).unwrap();
+        b.push(d(QoS::AtMostOnce, 5), &limits, false).unwrap();
+        assert_eq!(budget.usage(), (6, 2, 8));
+        assert_eq!(
+            a.push(d(QoS::AtMostOnce, 6), &limits, false),
+            Err(QueueFull::FairShare),
+            "6 of 8 used: a holds 5, over its share of 6 / 2"
+        );
+        b.push(d(QoS::AtMostOnce, 7), &limits, false).unwrap();
+        b.push(d(QoS::AtMostOnce, 8), &limits, false).unwrap();
+        assert_eq!(
+            b.push(d(QoS::AtMostOnce, 9), &limits, false),
+            Err(QueueFull::TotalBytes)
+        );
+        b.push(d(QoS::AtMostOnce, 10), &limits, true).unwrap();
+        assert_eq!(budget.usage(), (9, 2, 8));
+        assert_eq!(a.next(&limits).unwrap().pkid, 0);
+        assert_eq!(budget.usage(), (8, 2, 8));
+        a.drop_queued_qos0(&limits);
+        assert_eq!(budget.usage(), (5, 2, 8), "the QoS 1 message stays");
+        a.next(&limits).unwrap();
+        assert_eq!(budget.usage(), (4, 1, 8));
+        b.discard_queue(&limits);
+        assert_eq!(budget.usage(), (0, 0, 8));
     }
 }

@@ -565,7 +565,7 @@ impl Connection {
     /// Moves what the window allows from the session queue into the write buffer. The queue
     /// lock is held only to move entries; encoding happens outside it.
     fn drain(&mut self) {
-        let limits = *self.ctx.broker.limits();
+        let limits = self.ctx.broker.limits();
         let more = {
             let mut st = self.session.lock();
             if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {
@@ -574,7 +574,7 @@ impl Connection {
             }
             let mut bytes = 0;
             while bytes < DRAIN_BYTES && self.batch.len() < DRAIN_MESSAGES {
-                let Some(o) = st.out.next(&limits) else { break };
+                let Some(o) = st.out.next(limits) else { break };
                 bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
                 let mut ticket = 0;
                 if o.delivery.seq != 0 {
@@ -600,7 +600,7 @@ impl Connection {
                 }
                 self.batch.push((o, ticket));
             }
-            st.out.ready(&limits)
+            st.out.ready(limits)
         };
         let mut batch = std::mem::take(&mut self.batch);
         for (o, ticket) in batch.drain(..) {
