@@ -63,7 +63,13 @@ pub struct LimitsConfig {
     pub connect_timeout_ms: u64,
     pub max_keepalive_s: u16,
     // Limits under attack (src/limits/, broker::budget); a limit of 0 is off.
+    pub max_connections_per_ip: usize,
+    pub max_accept_rate_per_ip: u64,
+    pub accept_burst_per_ip: u64,
+    pub max_accept_rate: u64,
+    pub accept_burst: u64,
     pub max_queued_bytes_total: usize,
+    pub max_conn_log_lines_per_s: u32,
 }
 
 /// `[session]`: session behaviour where the standard leaves a choice.
@@ -157,7 +163,13 @@ impl Default for LimitsConfig {
             max_packet_size: 1_048_576,
             connect_timeout_ms: 10_000,
             max_keepalive_s: 65_535,
+            max_connections_per_ip: 0,
+            max_accept_rate_per_ip: 1_000,
+            accept_burst_per_ip: 10_000,
+            max_accept_rate: 0,
+            accept_burst: 10_000,
             max_queued_bytes_total: 1 << 30,
+            max_conn_log_lines_per_s: 100,
         }
     }
 }
@@ -249,6 +261,12 @@ impl Config {
         }
         if l.max_keepalive_s == 0 {
             bad("limits.max_keepalive_s", "must be 1..=65535");
+        }
+        if l.accept_burst_per_ip == 0 {
+            bad("limits.accept_burst_per_ip", "must be at least 1");
+        }
+        if l.accept_burst == 0 {
+            bad("limits.accept_burst", "must be at least 1");
         }
         if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
             bad("persistence.path", "must not be empty");

@@ -7,6 +7,7 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L0 | `limits` (`bucket`, `accept`, `log_fold`) | limits under attack: accept rates and connections per source address, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
@@ -42,6 +43,7 @@ pub mod bench_api;
 mod broker;
 pub mod config;
 mod error;
+mod limits;
 mod message;
 mod protocol;
 mod server;
@@ -128,6 +130,7 @@ pub async fn run(
         max_packet_size: config.limits.max_packet_size,
         connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
         max_keepalive_s: config.limits.max_keepalive_s,
+        limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
     });
     let token = CancellationToken::new();
@@ -163,8 +166,8 @@ pub async fn run(
     ready(local);
     let accept = server::accept_loop(
         listener,
-        ctx,
-        config.limits.max_connections,
+        ctx.clone(),
+        &config.limits,
         closing.clone(),
         token.clone(),
         tracker.clone(),
@@ -188,6 +191,7 @@ pub async fn run(
             "connections still closing after listener.shutdown_grace_ms; exiting anyway"
         );
     }
+    ctx.limits.log_summary();
     // The writer thread flushes what is pending; join it off the async workers. A store that
     // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
     let closed = tokio::task::spawn_blocking(move || store.close(grace))

@@ -1,11 +1,12 @@
-//! Limits under attack (issue #9 item 5), against the real binary: the budget of queued bytes
-//! drops the heaviest clients first and bounds memory. Each test prints what it measured
-//! (`--nocapture`).
+//! Limits under attack (issue #9 item 5), against the real binary: a connection flood from one
+//! address is refused over its limits and counted while another address is served; the budget
+//! of queued bytes drops the heaviest clients first and bounds memory; connection log lines stay
+//! under their threshold in a flood. Each test prints what it measured (`--nocapture`).
 
 mod common;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,150 @@ fn field_u64(line: &str, key: &str) -> Option<u64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// How a connection attempt ended.
+enum Attempt {
+    /// CONNACK 0 received.
+    Accepted(Raw),
+    /// Closed without a CONNACK.
+    Refused,
+}
+
+/// Connects (from `src`, or the default source), sends CONNECT and waits for the answer.
+fn attempt(b: &BrokerProc, src: Option<&str>, id: &str) -> Attempt {
+    let mut raw = match src {
+        Some(src) => Raw::connect_from(b.addr, src),
+        None => Raw::connect(b.addr),
+    };
+    raw.send(&connect_packet(id, true, 60));
+    match raw.read_within(WAIT) {
+        RawRead::Packet(p) if p == [0x20, 0x02, 0x00, 0x00] => Attempt::Accepted(raw),
+        RawRead::Closed => Attempt::Refused,
+        other => panic!("unexpected answer to CONNECT: {other:?}"),
+    }
+}
+
+/// issue #9 item 5: a flood of connections from one address (127.0.0.1), far over
+/// max_accept_rate_per_ip, gets at most the burst plus the rate; the rest are closed at once
+/// without a CONNACK, each one logged and counted in the shutdown summary. A client from
+/// another address (127.0.0.2) is served in the middle of the flood.
+#[test]
+fn connection_flood_from_one_address_is_refused_and_counted_while_another_is_served() {
+    const RATE: u64 = 50;
+    const ATTEMPTS_PER_THREAD: usize = 300;
+    // Log folding off, so that every refusal line is written (folding has its own test).
+    let b = Arc::new(BrokerProc::start(&format!(
+        "[limits]\nmax_accept_rate_per_ip = {RATE}\naccept_burst_per_ip = {RATE}\nmax_conn_log_lines_per_s = 0\n"
+    )));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..4)
+        .map(|t| {
+            let (b, done) = (b.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                for i in 0..ATTEMPTS_PER_THREAD {
+                    if let Attempt::Accepted(mut raw) = attempt(&b, None, &format!("f{t}-{i}")) {
+                        accepted += 1;
+                        raw.send(&disconnect_packet());
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                accepted
+            })
+        })
+        .collect();
+    // In the middle of the flood, another address is served as if nothing happened.
+    while done.load(Ordering::Relaxed) < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match attempt(&b, Some("127.0.0.2"), "other-host") {
+        Attempt::Accepted(mut raw) => raw.ping(),
+        Attempt::Refused => panic!("a client from 127.0.0.2 was refused during the flood"),
+    }
+    let flood_done_at = done.load(Ordering::Relaxed);
+    let accepted: u64 = flooders
+        .into_iter()
+        .map(|t| t.join().expect("flooder"))
+        .sum();
+    let elapsed = started.elapsed();
+    let attempts = (4 * ATTEMPTS_PER_THREAD) as u64;
+    let refused = attempts - accepted;
+    let allowed = RATE + (RATE as f64 * elapsed.as_secs_f64()).ceil() as u64;
+    eprintln!(
+        "accept flood from 127.0.0.1: {attempts} attempts in {elapsed:?} ({:.0}/s): {accepted} accepted \
+         ({:.0}/s; burst {RATE} + {RATE}/s allows {allowed}), {refused} refused; 127.0.0.2 served after {flood_done_at} attempts",
+        attempts as f64 / elapsed.as_secs_f64(),
+        accepted as f64 / elapsed.as_secs_f64(),
+    );
+    assert!(
+        accepted <= allowed,
+        "{accepted} accepted, limit allows {allowed}"
+    );
+    assert!(
+        refused >= attempts / 2,
+        "only {refused} of {attempts} refused"
+    );
+    let b = Arc::into_inner(b).expect("no other owner");
+    let log = stop_and_log(b);
+    let refusal_lines = log
+        .lines()
+        .filter(|l| {
+            l.contains("connection refused at accept: limit reached")
+                && l.contains("limit=max_accept_rate_per_ip")
+                && l.contains("peer=127.0.0.1:")
+        })
+        .count() as u64;
+    assert_eq!(
+        refusal_lines, refused,
+        "one warning per refusal; log:\n{log}"
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("connections refused at accept, per limit"))
+        .unwrap_or_else(|| panic!("no refusal summary; log:\n{log}"));
+    assert_eq!(
+        field_u64(summary, "max_accept_rate_per_ip"),
+        Some(refused),
+        "every refusal is counted: {summary}"
+    );
+}
+
+/// issue #9 item 5: max_connections_per_ip: with 3 connections open from 127.0.0.1 a fourth
+/// from there is closed at once, while 127.0.0.2 is still served; closing one frees its slot.
+#[test]
+fn connections_per_ip_refuses_the_extra_connection_from_that_address_only() {
+    let b = BrokerProc::start("[limits]\nmax_connections_per_ip = 3\n");
+    let mut held: Vec<Raw> = (0..3)
+        .map(|i| Raw::connected(b.addr, &format!("held{i}")))
+        .collect();
+    assert!(matches!(attempt(&b, None, "fourth"), Attempt::Refused));
+    let mut other = match attempt(&b, Some("127.0.0.2"), "other") {
+        Attempt::Accepted(raw) => raw,
+        Attempt::Refused => panic!("127.0.0.2 refused"),
+    };
+    other.ping();
+    for c in &mut held {
+        c.ping();
+    }
+    b.wait_log_lines(
+        &[
+            "connection refused at accept",
+            "limit=max_connections_per_ip",
+        ],
+        1,
+    );
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Attempt::Accepted(mut raw) = attempt(&b, None, "again") {
+            raw.ping();
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// issue #9 item 5: the global budget of queued bytes. Four subscribers that never read sit on
@@ -129,5 +274,106 @@ fn queued_bytes_budget_drops_the_heaviest_first_and_bounds_memory() {
     assert!(
         growth < 40 * 1024,
         "RSS grew by {growth} KiB under an 8 MiB budget"
+    );
+}
+
+/// issue #9 item 5: under a connection flood (connects with clean disconnects, and protocol
+/// errors before CONNECT, from four threads, far above the threshold), the log gets at most
+/// max_conn_log_lines_per_s connection lines a second plus the summary; every event is still
+/// accounted for, written or counted in a summary.
+#[test]
+fn connection_log_lines_stay_under_the_threshold_in_a_flood() {
+    const THRESHOLD: usize = 50;
+    let b = Arc::new(BrokerProc::start(&format!(
+        "[limits]\nmax_conn_log_lines_per_s = {THRESHOLD}\nmax_accept_rate_per_ip = 0\n"
+    )));
+    let started = Instant::now();
+    let churners: Vec<_> = (0..4)
+        .map(|t| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let (mut connects, mut garbage) = (0u64, 0u64);
+                let mut i = 0u64;
+                while started.elapsed() < Duration::from_secs(3) {
+                    i += 1;
+                    let mut raw = Raw::connect(b.addr);
+                    if i.is_multiple_of(4) {
+                        // Reserved packet type 0: a protocol violation before CONNECT.
+                        raw.send(&[0x00, 0x00]);
+                        garbage += 1;
+                    } else {
+                        raw.send(&connect_packet(&format!("churn{t}-{i}"), true, 60));
+                        assert_eq!(raw.expect_packet("CONNACK"), vec![0x20, 0x02, 0x00, 0x00]);
+                        raw.send(&disconnect_packet());
+                        connects += 1;
+                    }
+                    // The broker logs before it closes: wait for the close.
+                    raw.drain_until_closed(WAIT);
+                }
+                (connects, garbage)
+            })
+        })
+        .collect();
+    let (mut connects, mut garbage) = (0u64, 0u64);
+    for t in churners {
+        let (c, g) = t.join().expect("churner");
+        connects += c;
+        garbage += g;
+    }
+    let elapsed = started.elapsed();
+    let b = Arc::into_inner(b).expect("no other owner");
+    let log = stop_and_log(b);
+    let conn_line = |l: &str| {
+        [
+            "client connected",
+            "disconnected",
+            "protocol violation",
+            "refused",
+            "connection log lines folded",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+            && !l.contains(" DEBUG ")
+    };
+    let mut per_second = std::collections::BTreeMap::<&str, usize>::new();
+    for l in log.lines().filter(|l| conn_line(l)) {
+        *per_second.entry(l.get(..19).unwrap_or("")).or_default() += 1;
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    let events = 2 * connects + garbage;
+    eprintln!(
+        "connection flood: {connects} connects + {garbage} protocol errors in {elapsed:?} ({:.0} events/s); \
+         connection log lines per second: {:?} (threshold {THRESHOLD})",
+        events as f64 / elapsed.as_secs_f64(),
+        per_second.values().collect::<Vec<_>>()
+    );
+    assert!(
+        events as f64 / elapsed.as_secs_f64() > 5.0 * THRESHOLD as f64,
+        "the flood did not exceed the threshold by much: the test proves nothing"
+    );
+    assert!(
+        busiest <= THRESHOLD + 5,
+        "{busiest} connection lines in one second; log:\n{log}"
+    );
+    // Nothing lost: written lines plus the summaries' counts equal the events.
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection log lines folded"))
+        .collect();
+    let folded = |key: &str| -> u64 {
+        summaries
+            .iter()
+            .map(|l| field_u64(l, key).unwrap_or(0))
+            .sum()
+    };
+    let written = |needle: &str| log.lines().filter(|l| l.contains(needle)).count() as u64;
+    assert_eq!(written("client connected") + folded("connected"), connects);
+    assert_eq!(
+        written("reason=ClientDisconnect") + folded("disconnected"),
+        connects
+    );
+    assert_eq!(
+        written("protocol violation before CONNECT") + folded("protocol_errors"),
+        garbage
     );
 }

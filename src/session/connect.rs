@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Span};
+use tracing::{debug, warn, Span};
 
 use super::io::{Io, ReadError};
 use super::{ConnContext, Connection};
 use crate::error::ProtocolError;
+use crate::limits::log_fold::{folded, Kind};
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
@@ -40,14 +41,26 @@ pub(super) async fn handshake(
         _ = shutdown.cancelled() => return None,
         r = timeout(ctx.connect_timeout, io.read_packet()) => r,
     };
+    // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
+    let log = &ctx.limits.log;
     let connect = match first {
         Err(_) => {
-            info!("closed: no CONNECT within limits.connect_timeout_ms");
+            folded!(
+                log,
+                Kind::Disconnected,
+                info,
+                "closed: no CONNECT within limits.connect_timeout_ms"
+            );
             return None;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(_))) => {
-            warn!("[MQTT-3.1.0-1] first packet is not CONNECT: closing");
+            folded!(
+                log,
+                Kind::ProtocolError,
+                warn,
+                "[MQTT-3.1.0-1] first packet is not CONNECT: closing"
+            );
             return None;
         }
         Ok(Ok(None)) => {
@@ -56,13 +69,19 @@ pub(super) async fn handshake(
         }
         Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
-            warn!(level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
+            folded!(
+                log,
+                Kind::ProtocolError,
+                warn,
+                level,
+                "[MQTT-3.1.2-2] unsupported protocol level: refused"
+            );
             codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
         Ok(Err(ReadError::Protocol(e))) => {
-            warn!(error = %e, "protocol violation before CONNECT: closing");
+            folded!(log, Kind::ProtocolError, warn, error = %e, "protocol violation before CONNECT: closing");
             return None;
         }
         Ok(Err(ReadError::Io(e))) => {
@@ -81,17 +100,29 @@ async fn accept_connect(
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+    // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
+    let log = &ctx.limits.log;
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
     // in 3.1.1: MQTT 3.1 requires an id, so Mosquitto answers 0x02 there too.
     let client_id: ClientId = if c.client_id.is_empty() {
         if c.protocol_level == 3 {
-            info!("empty client id in MQTT 3.1 (MQIsdp): refused (0x02)");
+            folded!(
+                log,
+                Kind::Refused,
+                info,
+                "empty client id in MQTT 3.1 (MQIsdp): refused (0x02)"
+            );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
         if !c.clean_session {
-            info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
+            folded!(
+                log,
+                Kind::Refused,
+                info,
+                "[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)"
+            );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
@@ -108,7 +139,13 @@ async fn accept_connect(
     {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
         let username = c.username.as_deref().map(tracing::field::display);
-        warn!(username, "not authorized: refused (0x05)");
+        folded!(
+            log,
+            Kind::Refused,
+            warn,
+            username,
+            "not authorized: refused (0x05)"
+        );
         refuse(&mut io, connack::NOT_AUTHORIZED);
         let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
         return None;
@@ -134,7 +171,10 @@ async fn accept_connect(
     }
     // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
-    info!(
+    folded!(
+        log,
+        Kind::Connected,
+        info,
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,

@@ -21,12 +21,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
 use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
 use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
 use crate::error::ProtocolError;
+use crate::limits::log_fold::{folded, Kind};
 use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{AckPolicy, Op, StoredState};
@@ -56,6 +57,8 @@ pub(crate) struct ConnContext {
     pub(crate) connect_timeout: Duration,
     /// Keep-alive cap in seconds (65535 = none).
     pub(crate) max_keepalive_s: u16,
+    /// Limits under attack shared by the connections (issue #9 item 5).
+    pub(crate) limits: crate::limits::ConnLimits,
     /// Cancelled first at shutdown: every connection publishes its will while all of them are
     /// still connected, so live subscribers receive the wills before the connections close.
     pub(crate) closing: CancellationToken,
@@ -672,17 +675,25 @@ impl Connection {
                 self.ctx.broker.publish(will::into_message(*w));
             }
         }
+        // Above limits.max_conn_log_lines_per_s these lines are folded into a summary.
+        let log = &self.ctx.limits.log;
         match &reason {
             DisconnectReason::Protocol(e) => {
-                warn!(error = %e, "disconnected: protocol violation")
+                folded!(log, Kind::ProtocolError, warn, error = %e, "disconnected: protocol violation")
             }
             DisconnectReason::Violation(rule) => {
-                warn!(rule, "disconnected: protocol violation")
+                folded!(
+                    log,
+                    Kind::ProtocolError,
+                    warn,
+                    rule,
+                    "disconnected: protocol violation"
+                )
             }
             DisconnectReason::Io(e) => {
-                info!(error = %e, "disconnected: socket error")
+                folded!(log, Kind::Disconnected, info, error = %e, "disconnected: socket error")
             }
-            other => info!(reason = ?other, "disconnected"),
+            other => folded!(log, Kind::Disconnected, info, reason = ?other, "disconnected"),
         }
     }
 }
