@@ -68,6 +68,8 @@ pub struct LimitsConfig {
     pub accept_burst_per_ip: u64,
     pub max_accept_rate: u64,
     pub accept_burst: u64,
+    pub max_publish_rate: u64,
+    pub max_publish_bytes_rate: u64,
     pub max_queued_bytes_total: usize,
     pub max_conn_log_lines_per_s: u32,
 }
@@ -168,6 +170,8 @@ impl Default for LimitsConfig {
             accept_burst_per_ip: 10_000,
             max_accept_rate: 0,
             accept_burst: 10_000,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
             max_queued_bytes_total: 1 << 30,
             max_conn_log_lines_per_s: 100,
         }

@@ -1,16 +1,39 @@
 //! Limits under attack (issue #9 item 5), against the real binary: a connection flood from one
-//! address is refused over its limits and counted while another address is served; the budget
-//! of queued bytes drops the heaviest clients first and bounds memory; connection log lines stay
-//! under their threshold in a flood. Each test prints what it measured (`--nocapture`).
+//! address is refused over its limits and counted while another address is served; a publisher
+//! over its publish rate is slowed, never dropped; the budget of queued bytes drops the heaviest
+//! clients first and bounds memory; connection log lines stay under their threshold in a flood;
+//! `max_keepalive_s` still caps keep-alive. Each test prints what it measured (`--nocapture`).
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Reads one packet from a buffered reader; None on EOF or error.
+fn read_packet_from(r: &mut impl Read) -> Option<Vec<u8>> {
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first).ok()?;
+    let mut p = vec![first[0]];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).ok()?;
+        p.push(b[0]);
+        len |= usize::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let start = p.len();
+    p.resize(start + len, 0);
+    r.read_exact(&mut p[start..]).ok()?;
+    Some(p)
+}
 
 fn rss_kib_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -179,6 +202,220 @@ fn connections_per_ip_refuses_the_extra_connection_from_that_address_only() {
         }
         assert!(Instant::now() < deadline, "the freed slot was never reused");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a rate-limited QoS 1 flood measured.
+struct Flood {
+    /// PUBACK arrival times, from the first write.
+    acks: Vec<Duration>,
+    /// Messages the subscriber received (in order, none missing).
+    delivered: usize,
+    /// Slowest PINGREQ -> PINGRESP of a bystander client during the flood.
+    bystander_worst: Duration,
+}
+
+/// One raw publisher writes `n` QoS 1 PUBLISHes of `payload` bytes as fast as the socket
+/// takes them under `limits`; a subscriber reads (and acknowledges) everything; a bystander
+/// pings all along.
+fn rate_limited_flood(limits: &str, n: usize, payload: usize) -> Flood {
+    let b = BrokerProc::start(limits);
+    let mut sub = Raw::connected(b.addr, "sub");
+    sub.subscribe(1, "rate", 1);
+    let subscriber = {
+        let mut stream = sub.stream.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            let mut r = BufReader::new(stream.try_clone().expect("clone"));
+            let mut next = 0u32;
+            while (next as usize) < n {
+                let Some(p) = read_packet_from(&mut r) else {
+                    break;
+                };
+                let (_, qos, _, _, id, body) = parse_publish(&p);
+                assert_eq!(qos, 1);
+                let seq = u32::from_be_bytes(body[..4].try_into().expect("seq"));
+                assert_eq!(seq, next, "subscriber: a message missing or out of order");
+                next += 1;
+                stream.write_all(&ack_packet(0x40, id)).expect("PUBACK");
+            }
+            next as usize
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let worst = Arc::new(AtomicU64::new(0));
+    let bystander = {
+        let (stop, worst) = (stop.clone(), worst.clone());
+        let mut by = Raw::connected(b.addr, "bystander");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                by.ping();
+                worst.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let publ = Raw::connected(b.addr, "flooder");
+    let mut writer = publ.stream.try_clone().expect("clone");
+    let started = Instant::now();
+    let flood = std::thread::spawn(move || {
+        let mut body = vec![0x5Au8; payload.max(4)];
+        let mut batch = Vec::new();
+        for i in 0..n {
+            body[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            let id = (i % 65_535 + 1) as u16;
+            batch.extend(publish_packet("rate", 1, false, false, id, &body));
+            if batch.len() >= 64 * 1024 {
+                writer.write_all(&batch).expect("publisher write");
+                batch.clear();
+            }
+        }
+        writer.write_all(&batch).expect("publisher write");
+    });
+    publ.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut acks_in = BufReader::new(publ.stream.try_clone().expect("clone"));
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = read_packet_from(&mut acks_in)
+            .unwrap_or_else(|| panic!("PUBACK {i} of {n} missing; log:\n{}", b.log()));
+        assert_eq!(p, ack_packet(0x40, (i % 65_535 + 1) as u16), "PUBACK {i}");
+        acks.push(started.elapsed());
+    }
+    flood.join().expect("flood thread");
+    let delivered = subscriber.join().expect("subscriber thread");
+    stop.store(true, Ordering::Relaxed);
+    bystander.join().expect("bystander thread");
+    Flood {
+        acks,
+        delivered,
+        bystander_worst: Duration::from_micros(worst.load(Ordering::Relaxed)),
+    }
+}
+
+/// issue #9 item 5: a publisher flooding over max_publish_rate (500 msg/s) is slowed by
+/// backpressure: over its first 2 s it gets at most 1.5 x the limit (and at least half of it),
+/// every message is acknowledged and delivered in order (nothing dropped), and another client
+/// is served meanwhile.
+#[test]
+fn publisher_over_max_publish_rate_is_slowed_not_dropped() {
+    const RATE: usize = 500;
+    const N: usize = 2_000;
+    let f = rate_limited_flood(&format!("[limits]\nmax_publish_rate = {RATE}\n"), N, 16);
+    let in_2s = f
+        .acks
+        .iter()
+        .filter(|t| **t < Duration::from_secs(2))
+        .count();
+    let total = f.acks.last().copied().unwrap_or_default();
+    eprintln!(
+        "max_publish_rate = {RATE}: {in_2s} acknowledged in the first 2 s ({} msg/s), all {N} in {total:?} \
+         ({:.0} msg/s), {} delivered; bystander's slowest ping {:?}",
+        in_2s / 2,
+        N as f64 / total.as_secs_f64(),
+        f.delivered,
+        f.bystander_worst
+    );
+    assert!(in_2s <= 3 * RATE, "{in_2s} messages in 2 s at {RATE}/s");
+    assert!(in_2s >= RATE, "{in_2s} messages in 2 s: starved");
+    assert_eq!(f.delivered, N, "messages were dropped");
+    assert!(f.bystander_worst < Duration::from_secs(1));
+}
+
+/// issue #9 item 5: the same with max_publish_bytes_rate (200,000 B/s, 1,000-byte payloads:
+/// 200 msg/s): at most 1.5 x the byte rate over 2 s, nothing dropped.
+#[test]
+fn publisher_over_max_publish_bytes_rate_is_slowed_not_dropped() {
+    const BYTES_PER_S: usize = 200_000;
+    const PAYLOAD: usize = 1_000;
+    const N: usize = 800;
+    let f = rate_limited_flood(
+        &format!("[limits]\nmax_publish_bytes_rate = {BYTES_PER_S}\n"),
+        N,
+        PAYLOAD,
+    );
+    let bytes_in_2s = PAYLOAD
+        * f.acks
+            .iter()
+            .filter(|t| **t < Duration::from_secs(2))
+            .count();
+    let total = f.acks.last().copied().unwrap_or_default();
+    eprintln!(
+        "max_publish_bytes_rate = {BYTES_PER_S}: {bytes_in_2s} payload bytes acknowledged in the first 2 s \
+         ({} B/s), all {N} x {PAYLOAD} B in {total:?}, {} delivered; bystander's slowest ping {:?}",
+        bytes_in_2s / 2,
+        f.delivered,
+        f.bystander_worst
+    );
+    assert!(bytes_in_2s <= 3 * BYTES_PER_S, "{bytes_in_2s} B in 2 s");
+    assert!(
+        bytes_in_2s >= BYTES_PER_S,
+        "{bytes_in_2s} B in 2 s: starved"
+    );
+    assert_eq!(f.delivered, N, "messages were dropped");
+    assert!(f.bystander_worst < Duration::from_secs(1));
+}
+
+/// issue #9 item 5 [MQTT-3.1.2-24]: a client paused for its byte rate is not closed by
+/// keep-alive during the pause (its packets wait in the socket; keep-alive counts from the end
+/// of the pause), and its packets are handled once the pause ends.
+#[test]
+fn keep_alive_does_not_count_a_rate_pause() {
+    let b = BrokerProc::start("[limits]\nmax_publish_bytes_rate = 10000\n");
+    let mut c = Raw::connect(b.addr);
+    c.send(&connect_packet("paused", true, 1));
+    assert_eq!(c.expect_packet("CONNACK"), vec![0x20, 0x02, 0x00, 0x00]);
+    let started = Instant::now();
+    // 30,000 bytes at 10,000 B/s: about 3 s of pause after this message.
+    c.send(&publish_packet("big", 1, false, false, 1, &[7; 30_000]));
+    assert_eq!(c.expect_packet("PUBACK"), ack_packet(0x40, 1));
+    // Pings every 0.4 s, as a 1 s keep-alive client does; they wait in the socket.
+    let mut writer = c.stream.try_clone().expect("clone");
+    let pinger = std::thread::spawn(move || {
+        for _ in 0..10 {
+            writer.write_all(&pingreq_packet()).expect("PINGREQ");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    let first = c.expect_packet("PINGRESP after the pause");
+    let paused_for = started.elapsed();
+    assert_eq!(first, vec![0xD0, 0x00]);
+    for _ in 1..10 {
+        assert_eq!(c.expect_packet("PINGRESP"), vec![0xD0, 0x00]);
+    }
+    pinger.join().expect("pinger");
+    eprintln!("a 30,000-byte message at 10,000 B/s paused reads for {paused_for:?}");
+    assert!(
+        paused_for >= Duration::from_millis(2_500),
+        "reads resumed after {paused_for:?}"
+    );
+}
+
+/// issue #9 item 5 ("max_keepalive still holds") [MQTT-3.1.2-24]: with max_keepalive_s = 1, a
+/// client asking for keep-alive 60, or 0 (off), that then sends nothing is closed after about
+/// 1.5 s.
+#[test]
+fn max_keepalive_caps_a_longer_or_disabled_keep_alive() {
+    let b = BrokerProc::start("[limits]\nmax_keepalive_s = 1\n");
+    for keep_alive in [60, 0] {
+        let mut c = Raw::connect(b.addr);
+        c.send(&connect_packet(
+            &format!("ka{keep_alive}"),
+            true,
+            keep_alive,
+        ));
+        assert_eq!(c.expect_packet("CONNACK"), vec![0x20, 0x02, 0x00, 0x00]);
+        let started = Instant::now();
+        c.drain_until_closed(Duration::from_secs(5));
+        let closed_after = started.elapsed();
+        assert!(
+            closed_after >= Duration::from_millis(1_400),
+            "keep-alive {keep_alive}: closed after {closed_after:?}"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Token buckets on an explicit clock (microseconds since an origin the owner picks), so the
 //! arithmetic is testable without sleeping. L0: no I/O, no locks, no clock reads.
-//! Invariant: a bucket never holds more than its capacity.
+//! Invariant: a bucket never holds more than its capacity; it may go into debt (a charge larger
+//! than what it holds), and then reports how long the debt takes to repay.
 
 /// How fast a bucket refills and how much it holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,6 +19,10 @@ impl Rate {
             per_s: per_s as f64,
             capacity: burst.max(1) as f64,
         }
+    }
+
+    pub(crate) fn capacity(&self) -> f64 {
+        self.capacity
     }
 }
 
@@ -56,6 +61,23 @@ impl Bucket {
             true
         } else {
             false
+        }
+    }
+
+    /// Takes `n` tokens without looking at the clock, going into debt if needed; true while the
+    /// bucket is in debt (the caller then refills and asks `wait_us`).
+    pub(crate) fn debit(&mut self, n: f64) -> bool {
+        self.tokens -= n;
+        self.tokens < 0.0
+    }
+
+    /// Microseconds until the bucket holds `level` tokens again (0 if it does now).
+    pub(crate) fn wait_us(&self, rate: &Rate, level: f64) -> u64 {
+        let missing = level.min(rate.capacity) - self.tokens;
+        if missing <= 0.0 || rate.per_s <= 0.0 {
+            0
+        } else {
+            (missing * 1e6 / rate.per_s).ceil() as u64
         }
     }
 
@@ -99,6 +121,20 @@ mod tests {
         b2.refill(&rate, 3600 * S);
         assert_eq!(b2.tokens, 3.0);
         assert!(!b.is_full_at(&rate, 0));
+    }
+
+    /// Debt: a charge larger than the bucket is allowed and repaid at the rate.
+    #[test]
+    fn debit_goes_into_debt_and_reports_the_wait() {
+        let rate = Rate::new(1000, 100);
+        let mut b = Bucket::full(&rate, 0);
+        assert!(!b.debit(100.0));
+        assert!(b.debit(400.0), "400 tokens in debt");
+        assert_eq!(b.wait_us(&rate, 0.0), 400_000);
+        assert_eq!(b.wait_us(&rate, 50.0), 450_000);
+        assert_eq!(b.wait_us(&rate, 1e9), 500_000, "level capped at capacity");
+        b.refill(&rate, 400_000);
+        assert_eq!(b.wait_us(&rate, 0.0), 0);
     }
 
     /// A clock that goes backwards adds nothing and breaks nothing.

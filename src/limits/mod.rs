@@ -1,5 +1,6 @@
 //! Limits that hold under attack (the `[limits]` keys a flood meets): accept-time limits per
-//! source address and overall, and the folding of connection log lines. L0: std and tracing; used by `session` (L3) and `server` (L4).
+//! source address and overall, a client's inbound publish rate, and the folding of connection
+//! log lines. L0: std and tracing; used by `session` (L3) and `server` (L4).
 //! Invariants: every limit is off when its key is 0 and then costs nothing per message; all
 //! state is bounded (per-address state ages out and is capped; see `accept`).
 //! The global budget of queued bytes lives with the queues, in `broker::budget`.
@@ -7,6 +8,7 @@
 pub(crate) mod accept;
 mod bucket;
 pub(crate) mod log_fold;
+pub(crate) mod publish;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,12 +17,15 @@ use tracing::info;
 use crate::config::LimitsConfig;
 use accept::Refusal;
 use log_fold::LogFold;
+use publish::PublishRate;
 
 /// What every connection task needs of these limits (held in `session::ConnContext`).
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
     /// Connection log lines, folded above `max_conn_log_lines_per_s`.
     pub(crate) log: LogFold,
+    /// `max_publish_rate` and `max_publish_bytes_rate`.
+    pub(crate) publish: PublishRate,
     /// Connections refused at accept, indexed by `Refusal as usize`.
     refused: [AtomicU64; 3],
 }
@@ -29,6 +34,7 @@ impl ConnLimits {
     pub(crate) fn new(l: &LimitsConfig) -> ConnLimits {
         ConnLimits {
             log: LogFold::new(l.max_conn_log_lines_per_s),
+            publish: PublishRate::new(l),
             refused: Default::default(),
         }
     }

@@ -198,6 +198,7 @@ async fn accept_connect(
         pending_acks: VecDeque::new(),
         pending_subacks: 0,
         persisted: !c.clean_session && ctx.broker.store().enabled(),
+        limiter: ctx.limits.publish.limiter(),
     };
     // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();

@@ -28,6 +28,7 @@ use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
 use crate::error::ProtocolError;
 use crate::limits::log_fold::{folded, Kind};
+use crate::limits::publish::PublishLimiter;
 use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{AckPolicy, Op, StoredState};
@@ -123,6 +124,8 @@ struct Connection {
     pending_subacks: usize,
     /// Whether this session's state goes to the store.
     persisted: bool,
+    /// `limits.max_publish_rate` / `max_publish_bytes_rate`; None (no cost) when both are off.
+    limiter: Option<Box<PublishLimiter>>,
 }
 
 /// A packet that reveals stored state, so it may have to wait until that state is durable.
@@ -192,6 +195,8 @@ impl Connection {
             // Backpressure: while our output to this client is backed up, stop reading its
             // input (TCP then slows a fast publisher) and stop taking from its queue.
             let backed_up = self.backed_up();
+            // Over its publish rate, the client's input waits too (its output does not).
+            let paused = self.read_paused();
             let waiting_acks = !self.pending_acks.is_empty();
             let has_output = self.io.pending_output() > 0;
             // A drain stopped by its per-turn bound leaves more to send, and nothing else may
@@ -199,9 +204,9 @@ impl Connection {
             let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
             // Packets already buffered (read with CONNECT, or left when input stopped for
             // backpressure) get no readiness event: handle them before waiting for one.
-            let input_ready = !backed_up && self.io.has_complete_packet();
+            let input_ready = !backed_up && !paused && self.io.has_complete_packet();
             // One readiness future for both directions (each costs ~150 bytes of task state).
-            let interest = match (has_output, backed_up) {
+            let interest = match (has_output, backed_up || paused) {
                 (true, true) => Some(Interest::WRITABLE),
                 (true, false) => Some(Interest::WRITABLE | Interest::READABLE),
                 (false, false) => Some(Interest::READABLE),
@@ -270,13 +275,18 @@ impl Connection {
         self.io.pending_output() >= WRITE_HIGH_WATER || self.pending_acks.len() >= MAX_PENDING_ACKS
     }
 
+    /// Whether reads are paused because the client is over its publish rate.
+    fn read_paused(&mut self) -> bool {
+        self.limiter.as_mut().is_some_and(|l| l.is_paused())
+    }
+
     /// Handles the complete packets buffered, stopping early (the rest stays buffered) once
-    /// the connection is backed up, unless `all`. Keep-alive counts a turn that completed at
-    /// least one packet (one clock read per turn, not per packet).
+    /// the connection is backed up or paused, unless `all`. Keep-alive counts a turn that
+    /// completed at least one packet (one clock read per turn, not per packet).
     fn process_input(&mut self, all: bool) -> Result<(), DisconnectReason> {
         let mut any = false;
         let result = loop {
-            if !all && self.backed_up() {
+            if !all && (self.backed_up() || self.read_paused()) {
                 break Ok(());
             }
             match self.io.next_buffered() {
@@ -291,7 +301,15 @@ impl Connection {
             }
         };
         if any {
-            self.ctl.touch(self.ctx.broker.clock_ms());
+            let mut seen = self.ctx.broker.clock_ms();
+            if let Some(l) = &mut self.limiter {
+                if l.is_paused() {
+                    // Paused for its publish rate, the client is alive meanwhile (its packets
+                    // wait in our socket): keep-alive counts from the end of the pause.
+                    seen += l.pause_ms();
+                }
+            }
+            self.ctl.touch(seen);
         }
         result
     }
@@ -338,6 +356,20 @@ impl Connection {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), DisconnectReason> {
+        if let Some(pause) = self
+            .limiter
+            .as_mut()
+            .and_then(|l| l.charge(p.payload.len()))
+        {
+            // Over its publish rate: reads stop (see `read_paused`) until a timer wakes the
+            // loop. A task per pause, not a timer in every connection's state: an idle
+            // connection stays as small as it was.
+            let ctl = self.ctl.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                ctl.wake.notify_one();
+            });
+        }
         // Clients may not publish into $SYS: dropped like an ACL denial (3.1.1 cannot say
         // so), the QoS handshake still completes.
         let denied = p.topic.as_str().starts_with("$SYS");
