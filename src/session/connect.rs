@@ -115,13 +115,12 @@ async fn accept_connect(
     }
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     let store = ctx.broker.store();
-    let before = store.last_ticket();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
     // sync = "always": CONNACK reveals the session (created, resumed with what its previous
     // connection changed, or discarded), and resumed in-flight messages are re-sent right
     // after it; all of that is on disk first.
-    let after = store.last_ticket();
-    if store.ack_policy() == AckPolicy::Durable && (after > before || !c.clean_session) {
+    if store.ack_policy() == AckPolicy::Durable && (attached.stored || !c.clean_session) {
+        let after = store.last_ticket();
         let durable = tokio::select! {
             r = timeout(ctx.connect_timeout, store.durable(after)) => r.is_ok(),
             _ = shutdown.cancelled() => false,
