@@ -344,12 +344,18 @@ mod tests {
         }
         let a = o.next(&limits).unwrap();
         let b = o.next(&limits).unwrap();
-        assert_eq!((a.pkid, b.pkid, o.inflight_len(), o.queued_len()), (1, 2, 2, 3));
+        assert_eq!(
+            (a.pkid, b.pkid, o.inflight_len(), o.queued_len()),
+            (1, 2, 2, 3)
+        );
         // Keep the even payloads: drops in-flight 1 and queued 3 and 5.
         let mut removed = Vec::new();
         let dropped = o.retain_deliveries(|d| d.msg.payload[0] % 2 == 0, &mut removed);
         assert_eq!((dropped, removed), (3, vec![30, 50, 10]));
-        assert_eq!((o.inflight_len(), o.queued_len(), o.queued_bytes), (1, 1, 1));
+        assert_eq!(
+            (o.inflight_len(), o.queued_len(), o.queued_bytes),
+            (1, 1, 1)
+        );
         assert_eq!(o.on_puback(1), AckOutcome::Unknown);
         let next = o.next(&limits).unwrap();
         assert_eq!((next.delivery.msg.payload[0], next.pkid), (4, 3));
