@@ -71,6 +71,8 @@ fn prompt_no_echo(prompt: &str) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// issue #9 item 1: `--password-stdin` reads one line without its CR/LF ending, and refuses one
+    /// over 65535 bytes.
     #[test]
     fn a_line_without_its_ending_and_bounded() {
         let mut input = &b"s3cret pass\r\nnext\n"[..];

@@ -454,10 +454,10 @@ mod tests {
         TopicFilter::parse(s).unwrap()
     }
 
-    /// Mosquitto's test/broker/09-acl-access-variants.py: every combination of its three
-    /// blocks, and its nine cases (client id "acl-check"; "deny" means the PUBLISH is
-    /// acknowledged but not delivered back to the publisher's own subscription, i.e. both the
-    /// write and the read check must pass):
+    /// issue #9 item 2: Mosquitto's test/broker/09-acl-access-variants.py: every combination of its
+    /// three blocks, and its nine cases (client id "acl-check"; "deny" means the PUBLISH is
+    /// acknowledged but not delivered back to the publisher's own subscription, i.e. both the write
+    /// and the read check must pass):
     /// ```text
     /// topic readwrite topic/global/#          user username
     /// topic deny      topic/global/except     topic readwrite topic/username/#
@@ -501,7 +501,7 @@ mod tests {
         }
     }
 
-    /// Mosquitto's unit tests for `%c`/`%u` (test/unit/libcommon/topic_test.c,
+    /// issue #9 item 2: Mosquitto's unit tests for `%c`/`%u` (test/unit/libcommon/topic_test.c,
     /// TEST_topic_pattern_*), as `pattern` rules: whole levels only (`%count`, `a%c` are
     /// literals), client id or username with `/` never match, `+` in them denies.
     #[test]
@@ -608,9 +608,9 @@ mod tests {
         }
     }
 
-    /// Mosquitto's rule order and defaults: deny rules first wherever they are written; a
-    /// matching rule without the wanted access is passed over; a username without a section
-    /// gets only patterns; an anonymous client gets the lines before the first `user`; an
+    /// issue #9 item 2: Mosquitto's rule order and defaults: deny rules first wherever they are
+    /// written; a matching rule without the wanted access is passed over; a username without a
+    /// section gets only patterns; an anonymous client gets the lines before the first `user`; an
     /// empty ACL file denies everything (test/broker/09-acl-empty-file.py); `#` never matches
     /// `$SYS` (aclfile.example: `topic read $SYS/#` for anonymous clients).
     #[test]
@@ -670,6 +670,8 @@ mod tests {
         assert!(!c.may_read(&t("dev/d2/x")));
     }
 
+    /// issue #9 item 2: the filter overlap and cover relations behind SUBACK 0x80 (a `#` covers its
+    /// parent level; `+` needs a level).
     #[test]
     fn overlap_and_cover_of_filters() {
         let lv = |s: &'static str| -> Vec<Lv<'static>> {
@@ -705,8 +707,8 @@ mod tests {
         }
     }
 
-    /// Mosquitto's parser: keyword errors, a missing username, an invalid filter and an
-    /// invalid access keyword name their line; a filter may contain spaces.
+    /// issue #9 item 2: Mosquitto's parser: keyword errors, a missing username, an invalid filter
+    /// and an invalid access keyword name their line; a filter may contain spaces.
     #[test]
     fn parse_errors_name_their_line() {
         for (text, line, want) in [
@@ -730,7 +732,7 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 
-    /// Bad input is normal input: arbitrary ACL text never panics.
+    /// issue #9 item 2: Bad input is normal input: arbitrary ACL text never panics.
     #[test]
     fn arbitrary_text_never_panics() {
         let words = [

@@ -687,8 +687,8 @@ mod tests {
         assert_eq!(e.line, 1);
     }
 
-    /// A user listed twice is refused, naming both lines; blanks around fields are trimmed as
-    /// Mosquitto does; CRLF files load.
+    /// issue #9 item 1: A user listed twice is refused, naming both lines; blanks around fields are
+    /// trimmed as Mosquitto does; CRLF files load.
     #[test]
     fn duplicates_refused_blanks_trimmed_crlf_accepted() {
         let e = PasswordFile::parse(&format!("a:{PBKDF2}\n\na:{SHA512}\n"), Format::Hashed)
@@ -700,8 +700,8 @@ mod tests {
         assert!(f.verify("a", b"secret") && f.verify("b", b"secret"));
     }
 
-    /// `brokerd passwd`'s file update: replaces the user's line in place, keeps the others
-    /// (comments included), appends a new user.
+    /// issue #9 item 1: `brokerd passwd`'s file update: replaces the user's line in place, keeps
+    /// the others (comments included), appends a new user.
     #[test]
     fn upsert_replaces_in_place_and_appends() {
         let (t, w) = upsert("# c\nalice:old\nbob:x\nalice:dup\n", "alice", "NEW");
@@ -717,7 +717,7 @@ mod tests {
         check_username("dev-01@site").unwrap();
     }
 
-    /// Bad input is normal input: arbitrary lines never panic.
+    /// issue #9 item 1: Bad input is normal input: arbitrary lines never panic.
     #[test]
     fn arbitrary_lines_never_panic() {
         let pieces = [

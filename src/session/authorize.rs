@@ -292,8 +292,8 @@ mod tests {
         assert_eq!(delay_for(u32::MAX), FAIL_DELAY_MAX);
     }
 
-    /// The failure table stays within FAIL_TABLE_MAX addresses: stale entries go first, then
-    /// the oldest one.
+    /// issue #9 item 1: The failure table stays within FAIL_TABLE_MAX addresses: stale entries go
+    /// first, then the oldest one.
     #[test]
     fn failure_table_is_bounded() {
         let f = Failures::default();
