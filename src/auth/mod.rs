@@ -315,6 +315,36 @@ mod tests {
         assert_eq!(auth.quick_decision(None), Some(true));
     }
 
+    /// issue #9 items 1 and 4: `allow_anonymous` absent is not `true` (the key is an Option),
+    /// `password_format` must be "hashed" or "plaintext", and "plaintext" needs a password file.
+    #[test]
+    fn auth_keys_parse_strictly() {
+        let parse = |t: &str| crate::Config::parse(t, Path::new("b.toml"));
+        assert_eq!(parse("").unwrap().auth.allow_anonymous, None);
+        assert_eq!(
+            parse("[auth]\nallow_anonymous = true\n")
+                .unwrap()
+                .auth
+                .allow_anonymous,
+            Some(true)
+        );
+        let e = parse("[auth]\npassword_format = \"md5\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_format"), "{e}");
+        let e = parse("[auth]\npassword_format = \"plaintext\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.password_format") && e.contains("password_file"),
+            "{e}"
+        );
+        let ok = parse(
+            "[auth]\npassword_format = \"plaintext\"\npassword_file = \"p\"\nacl_file = \"a\"\n",
+        );
+        assert_eq!(ok.unwrap().auth.password_format, PasswordFormat::Plaintext);
+    }
+
     /// issue #9 item 4: a password file readable by group or others is refused with the
     /// `chmod 600` that fixes it; 0600 and 0400 load.
     #[cfg(unix)]
