@@ -251,6 +251,36 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// Keeps only the queued and in-flight messages for which `keep` holds; returns how many
+    /// were dropped and adds the sequence numbers of the persisted ones to `removed_seqs`.
+    /// Freed packet ids become available again; order is kept.
+    pub(crate) fn retain_deliveries(
+        &mut self,
+        mut keep: impl FnMut(&Delivery) -> bool,
+        removed_seqs: &mut Vec<u64>,
+    ) -> usize {
+        let before = self.queue.len() + self.inflight.len();
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let k = keep(d);
+            if k {
+                bytes += d.msg.payload.len();
+            } else if d.seq != 0 {
+                removed_seqs.push(d.seq);
+            }
+            k
+        });
+        self.queued_bytes = bytes;
+        self.inflight.retain(|e| {
+            let k = keep(&e.delivery);
+            if !k && e.delivery.seq != 0 {
+                removed_seqs.push(e.delivery.seq);
+            }
+            k
+        });
+        before - self.queue.len() - self.inflight.len()
+    }
+
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
     pub(crate) fn drop_queued_qos0(&mut self) {
@@ -294,6 +324,42 @@ mod tests {
             retain: false,
             seq: 0,
         }
+    }
+
+    /// issue #9 item 2: on connect, queued and in-flight messages the client may no longer
+    /// read are dropped (Mosquitto's `connection_check_acl`): bytes, order, persisted sequence
+    /// numbers and packet ids stay consistent.
+    #[test]
+    fn retain_deliveries_drops_from_queue_and_window() {
+        let limits = QueueLimits {
+            max_inflight: 2,
+            max_queued_messages: 10,
+            max_queued_bytes: 0,
+        };
+        let mut o = Outbound::default();
+        for n in 1..=5u8 {
+            let mut x = d(QoS::AtLeastOnce, n);
+            x.seq = u64::from(n) * 10;
+            o.push(x, &limits, false).unwrap();
+        }
+        let a = o.next(&limits).unwrap();
+        let b = o.next(&limits).unwrap();
+        assert_eq!(
+            (a.pkid, b.pkid, o.inflight_len(), o.queued_len()),
+            (1, 2, 2, 3)
+        );
+        // Keep the even payloads: drops in-flight 1 and queued 3 and 5.
+        let mut removed = Vec::new();
+        let dropped = o.retain_deliveries(|d| d.msg.payload[0] % 2 == 0, &mut removed);
+        assert_eq!((dropped, removed), (3, vec![30, 50, 10]));
+        assert_eq!(
+            (o.inflight_len(), o.queued_len(), o.queued_bytes),
+            (1, 1, 1)
+        );
+        assert_eq!(o.on_puback(1), AckOutcome::Unknown);
+        let next = o.next(&limits).unwrap();
+        assert_eq!((next.delivery.msg.payload[0], next.pkid), (4, 3));
+        assert_eq!(o.on_puback(2), AckOutcome::Completed { seq: 20 });
     }
 
     /// The queue refuses what exceeds max_queued_messages; `force` bypasses it.
