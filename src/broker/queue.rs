@@ -251,15 +251,16 @@ impl Outbound {
         self.inflight.len()
     }
 
-    /// Keeps only the queued and in-flight messages for which `keep` holds; returns how many
-    /// were dropped and adds the sequence numbers of the persisted ones to `removed_seqs`.
-    /// Freed packet ids become available again; order is kept.
+    /// Keeps only the queued messages for which `keep` holds; returns how many were dropped
+    /// and adds the sequence numbers of the persisted ones to `removed_seqs`. In-flight
+    /// messages are left alone: the client already has them, and a QoS 2 one's packet id is
+    /// held by the client until its PUBREL ([MQTT-4.3.3]), which dropping it would never send.
     pub(crate) fn retain_deliveries(
         &mut self,
         mut keep: impl FnMut(&Delivery) -> bool,
         removed_seqs: &mut Vec<u64>,
     ) -> usize {
-        let before = self.queue.len() + self.inflight.len();
+        let before = self.queue.len();
         let mut bytes = 0;
         self.queue.retain(|d| {
             let k = keep(d);
@@ -271,14 +272,7 @@ impl Outbound {
             k
         });
         self.queued_bytes = bytes;
-        self.inflight.retain(|e| {
-            let k = keep(&e.delivery);
-            if !k && e.delivery.seq != 0 {
-                removed_seqs.push(e.delivery.seq);
-            }
-            k
-        });
-        before - self.queue.len() - self.inflight.len()
+        before - self.queue.len()
     }
 
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
@@ -326,11 +320,12 @@ mod tests {
         }
     }
 
-    /// issue #9 item 2: on connect, queued and in-flight messages the client may no longer
-    /// read are dropped (Mosquitto's `connection_check_acl`): bytes, order, persisted sequence
-    /// numbers and packet ids stay consistent.
+    /// issue #9 item 2: on connect, queued messages the client may no longer read are dropped
+    /// (Mosquitto's `connection_check_acl`): bytes, order and persisted sequence numbers stay
+    /// consistent; in-flight ones stay, since the client already holds them (and a QoS 2 id
+    /// until its PUBREL).
     #[test]
-    fn retain_deliveries_drops_from_queue_and_window() {
+    fn retain_deliveries_drops_from_the_queue_only() {
         let limits = QueueLimits {
             max_inflight: 2,
             max_queued_messages: 10,
@@ -348,15 +343,15 @@ mod tests {
             (a.pkid, b.pkid, o.inflight_len(), o.queued_len()),
             (1, 2, 2, 3)
         );
-        // Keep the even payloads: drops in-flight 1 and queued 3 and 5.
+        // Keep the even payloads: drops queued 3 and 5; in-flight 1 stays (the client has it).
         let mut removed = Vec::new();
         let dropped = o.retain_deliveries(|d| d.msg.payload[0] % 2 == 0, &mut removed);
-        assert_eq!((dropped, removed), (3, vec![30, 50, 10]));
+        assert_eq!((dropped, removed), (2, vec![30, 50]));
         assert_eq!(
             (o.inflight_len(), o.queued_len(), o.queued_bytes),
-            (1, 1, 1)
+            (2, 1, 1)
         );
-        assert_eq!(o.on_puback(1), AckOutcome::Unknown);
+        assert_eq!(o.on_puback(1), AckOutcome::Completed { seq: 10 });
         let next = o.next(&limits).unwrap();
         assert_eq!((next.delivery.msg.payload[0], next.pkid), (4, 3));
         assert_eq!(o.on_puback(2), AckOutcome::Completed { seq: 20 });

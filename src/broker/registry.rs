@@ -163,7 +163,7 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs what the newly attached client may read, and drops the queued and in-flight
+    /// Installs what the newly attached client may read, and drops the queued (not the in-flight)
     /// messages it may not (Mosquitto's `connection_check_acl` on connect: the username may
     /// have changed since they were queued). Returns how many were dropped.
     pub(crate) fn set_read_gate(&self, gate: Arc<dyn ReadGate>, store: &Store) -> usize {
