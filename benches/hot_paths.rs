@@ -2,7 +2,7 @@
 //! subscriptions, packet decode/encode, and routing one publish to 1 and 1,000 subscribers.
 //! Run: `cargo bench --bench hot_paths` (add `-- --quick` for a short run).
 
-use brokerd::bench_api::{decode_all, encode_publish, Router, Topic, Trie};
+use brokerd::bench_api::{decode_all, encode_publish, Acl, Router, Topic, Trie};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -126,5 +126,37 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, trie_match, codec, routing);
+/// The read check one delivery makes when an `acl_file` is set (issue #9 item 2).
+fn acl_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("acl_may_read");
+    let topic = Topic::new("site/42/dev/512/temp");
+    let typical = Acl::new(
+        "user app\ntopic deny site/+/admin/#\ntopic read site/#\npattern readwrite dev/%c/#\n",
+        "client-1",
+        Some("app"),
+    );
+    g.bench_function("typical_3_rules", |b| {
+        b.iter(|| assert!(typical.may_read(black_box(&topic))))
+    });
+    // 100 users with 10 rules each; the client's section is the last, its grant its last rule,
+    // then 20 patterns: the whole walk for a topic granted by a pattern.
+    let mut text = String::new();
+    for u in 0..100 {
+        text.push_str(&format!("user u{u}\n"));
+        for r in 0..10 {
+            text.push_str(&format!("topic read area{r}/+/x{u}/#\n"));
+        }
+    }
+    for p in 0..19 {
+        text.push_str(&format!("pattern read p{p}/%u/%c/#\n"));
+    }
+    text.push_str("pattern read site/+/dev/+/%c\n");
+    let big = Acl::new(&text, "temp", Some("u99"));
+    g.bench_function("section_10_rules_then_20_patterns", |b| {
+        b.iter(|| assert!(big.may_read(black_box(&topic))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, trie_match, codec, routing, acl_check);
 criterion_main!(benches);

@@ -49,6 +49,21 @@ impl Trie {
     }
 }
 
+/// One client's view of an ACL file (the check a delivery makes when `acl_file` is set).
+pub struct Acl(crate::auth::ClientAcl);
+
+impl Acl {
+    /// Panics on an invalid ACL file (benchmark setup only).
+    pub fn new(text: &str, client_id: &str, username: Option<&str>) -> Acl {
+        let (acl, _) = crate::auth::acl::Acl::parse(text).expect("valid ACL");
+        Acl(Arc::new(acl).for_client(&client_id.into(), username))
+    }
+
+    pub fn may_read(&self, topic: &Topic) -> bool {
+        self.0.may_read(&topic.0)
+    }
+}
+
 /// Decodes every packet in `buf`; returns how many, or panics on a malformed one.
 pub fn decode_all(buf: &mut BytesMut, max_packet_size: usize) -> usize {
     let mut n = 0;

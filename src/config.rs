@@ -84,14 +84,31 @@ pub struct SessionConfig {
     pub expiry_s: u64,
 }
 
-/// `[auth]`: who may connect.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[auth]`: who may connect and what they may touch (see src/auth/).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    pub allow_anonymous: bool,
-    /// Optional file of `username:password` lines; when set, a client that sends a username
-    /// must match a line.
+    /// Allow clients without a username. Not written (None): allowed only while every
+    /// listener is on a loopback address (Mosquitto 2's rule), so "absent" differs from "true".
+    pub allow_anonymous: Option<bool>,
+    /// Optional Mosquitto password file; when set, a client that sends a username must match.
     pub password_file: Option<PathBuf>,
+    /// How the password file's lines are read: only hashes, or plain text too.
+    pub password_format: PasswordFormat,
+    /// Optional Mosquitto ACL file; when set, every publish, subscription and delivery is
+    /// checked against it.
+    pub acl_file: Option<PathBuf>,
+}
+
+/// `[auth] password_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordFormat {
+    /// Mosquitto's hashes only (`$6$`, `$7$`, `$argon2id$`); anything else is refused.
+    #[default]
+    Hashed,
+    /// Lines that are not hashes are plain-text passwords (logged as a warning at start).
+    Plaintext,
 }
 
 /// When persisted state is flushed to disk before it is acknowledged.
@@ -174,15 +191,6 @@ impl Default for LimitsConfig {
             max_publish_bytes_rate: 0,
             max_queued_bytes_total: 1 << 30,
             max_conn_log_lines_per_s: 100,
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            allow_anonymous: true,
-            password_file: None,
         }
     }
 }
@@ -272,6 +280,14 @@ impl Config {
         if l.accept_burst == 0 {
             bad("limits.accept_burst", "must be at least 1");
         }
+        if self.auth.password_format == PasswordFormat::Plaintext
+            && self.auth.password_file.is_none()
+        {
+            bad(
+                "auth.password_format",
+                "\"plaintext\" needs auth.password_file",
+            );
+        }
         if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
             bad("persistence.path", "must not be empty");
         }
@@ -308,6 +324,12 @@ impl Config {
             .bind
             .parse()
             .expect("validate() checked listener.bind")
+    }
+
+    /// Every address an MQTT listener binds (each listener kind adds its own), for rules over
+    /// all of them such as the anonymous rule of `[auth]`.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.bind_addr()]
     }
 }
 

@@ -7,11 +7,12 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
-//! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
+//! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loop and the connection limit |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
@@ -38,6 +39,7 @@
 //! connection's `pending_acks` until the writer reports that state durable
 //! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 mod broker;
@@ -86,16 +88,42 @@ pub enum Error {
 }
 
 /// Checks what `run` loads besides the configuration file, without starting anything: the
-/// password file (loaded exactly as `run` loads it) and, with persistence on, that the data
-/// directory is usable (see `store::data_dir::check`). Opens no database and takes no lock,
-/// so it also passes while a broker runs on the same directory.
+/// password and ACL files (loaded exactly as `run` loads them) and, with persistence on, that
+/// the data directory is usable (see `store::data_dir::check`). Opens no database and takes no
+/// lock, so it also passes while a broker runs on the same directory.
 pub fn check(config: &Config) -> Result<(), Error> {
-    session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    load_auth(config)?;
     if config.persistence.enabled {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Loads the password and ACL files `config` names.
+fn load_auth(config: &Config) -> Result<auth::Auth, Error> {
+    auth::Auth::load(&config.auth, &config.listener_addrs()).map_err(|e| Error::Auth(e.to_string()))
+}
+
+/// One line saying whether anonymous clients are accepted and why (Mosquitto 2's rule over
+/// every listener address; see `[auth] allow_anonymous`).
+pub fn anonymous_rule(config: &Config) -> String {
+    auth::Anonymous::decide(config.auth.allow_anonymous, &config.listener_addrs()).to_string()
+}
+
+/// `brokerd passwd`: sets `user`'s password in the Mosquitto password file at `path` (created
+/// with mode 0600 if missing) to a new `$7$` entry with `iterations` (default 210,000); other
+/// lines are kept. Returns whether the user was added (false: replaced).
+pub fn set_password(
+    path: &std::path::Path,
+    user: &str,
+    password: &[u8],
+    iterations: Option<u32>,
+) -> Result<bool, Error> {
+    let iterations = iterations.unwrap_or(auth::passwd::NEW_ITERATIONS);
+    auth::passwd::write_entry(path, user, password, iterations)
+        .map(|w| w == auth::passwd::Written::Added)
+        .map_err(|e| Error::Auth(e.to_string()))
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
@@ -107,7 +135,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    let auth = load_auth(&config)?;
+    log_auth(&auth);
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -126,7 +155,7 @@ pub async fn run(
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
-        auth,
+        authorizer: session::Authorizer::new(auth),
         max_packet_size: config.limits.max_packet_size,
         connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
         max_keepalive_s: config.limits.max_keepalive_s,
@@ -204,6 +233,16 @@ pub async fn run(
     })
 }
 
+/// The start-up line that says whether anonymous clients are accepted, and why.
+fn log_auth(auth: &auth::Auth) {
+    let rule = auth.anonymous();
+    if matches!(rule, auth::Anonymous::NotLoopback(_)) && !auth.has_password_file() {
+        warn!("{rule}; no password_file is set either: no client can connect");
+    } else {
+        info!("{rule}");
+    }
+}
+
 /// The start-up line that says where the broker listens and how it persists.
 fn log_listening(addr: SocketAddr, p: &config::PersistenceConfig) {
     if !p.enabled {
@@ -253,10 +292,13 @@ mod tests {
     #[test]
     fn every_cause_appears_once_in_the_printed_chain() {
         let missing = std::path::Path::new("/nonexistent-brokerd-test/file");
-        let auth = session::Auth::load(&config::AuthConfig {
-            allow_anonymous: true,
-            password_file: Some(missing.to_owned()),
-        })
+        let auth = auth::Auth::load(
+            &config::AuthConfig {
+                password_file: Some(missing.to_owned()),
+                ..config::AuthConfig::default()
+            },
+            &[],
+        )
         .expect_err("missing password file");
         let errors: Vec<(Box<dyn StdError>, String)> = vec![
             (

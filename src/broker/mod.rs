@@ -52,6 +52,9 @@ pub(crate) struct Attached {
     pub(crate) conn_id: u64,
     /// [MQTT-3.2.2-2, -3] a stored session was resumed.
     pub(crate) session_present: bool,
+    /// Attaching changed persisted state (a persistent session discarded or created): the
+    /// CONNACK reveals it.
+    pub(crate) stored: bool,
     /// How the broker wakes and signals this connection.
     pub(crate) ctl: Arc<ConnCtl>,
 }
@@ -151,6 +154,7 @@ impl Broker {
         keep_alive: Option<Duration>,
     ) -> Attached {
         let conn_id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let mut stored = false;
         let expire_after_ms = keep_alive.map_or(0, |ka| (ka * 3 / 2).as_millis() as u64);
         let ctl = Arc::new(ConnCtl::new(self.clock_ms(), expire_after_ms));
         let slot = ConnSlot {
@@ -171,6 +175,7 @@ impl Broker {
                     discarded_subs.extend(st.subscriptions.drain().map(|(f, _)| f));
                     drop(st);
                     if self.persisted(&old) {
+                        stored = true;
                         self.inner.store.submit(Op::SessionDel {
                             client: client_id.clone(),
                         });
@@ -197,6 +202,7 @@ impl Broker {
             self.inner.subs.unsubscribe(f, client_id);
         }
         Attached {
+            stored: stored || (!session_present && self.persisted(&session)),
             session,
             conn_id,
             session_present,

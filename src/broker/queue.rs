@@ -275,6 +275,35 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// Keeps only the queued messages for which `keep` holds; returns how many were dropped
+    /// and adds the sequence numbers of the persisted ones to `removed_seqs`. In-flight
+    /// messages are left alone: the client already has them, and a QoS 2 one's packet id is
+    /// held by the client until its PUBREL ([MQTT-4.3.3]), which dropping it would never send.
+    pub(crate) fn retain_deliveries(
+        &mut self,
+        mut keep: impl FnMut(&Delivery) -> bool,
+        removed_seqs: &mut Vec<u64>,
+        limits: &QueueLimits,
+    ) -> usize {
+        let before = self.queue.len();
+        let before_bytes = self.queued_bytes;
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let k = keep(d);
+            if k {
+                bytes += d.msg.payload.len();
+            } else if d.seq != 0 {
+                removed_seqs.push(d.seq);
+            }
+            k
+        });
+        self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before_bytes, before_bytes - bytes);
+        }
+        before - self.queue.len()
+    }
+
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
     pub(crate) fn drop_queued_qos0(&mut self, limits: &QueueLimits) {
@@ -334,6 +363,45 @@ mod tests {
             retain: false,
             seq: 0,
         }
+    }
+
+    /// issue #9 item 2: on connect, queued messages the client may no longer read are dropped
+    /// (Mosquitto's `connection_check_acl`): bytes, order and persisted sequence numbers stay
+    /// consistent; in-flight ones stay, since the client already holds them (and a QoS 2 id
+    /// until its PUBREL).
+    #[test]
+    fn retain_deliveries_drops_from_the_queue_only() {
+        let limits = QueueLimits {
+            max_inflight: 2,
+            max_queued_messages: 10,
+            max_queued_bytes: 0,
+            max_queued_bytes_total: 0,
+            budget: None,
+        };
+        let mut o = Outbound::default();
+        for n in 1..=5u8 {
+            let mut x = d(QoS::AtLeastOnce, n);
+            x.seq = u64::from(n) * 10;
+            o.push(x, &limits, false).unwrap();
+        }
+        let a = o.next(&limits).unwrap();
+        let b = o.next(&limits).unwrap();
+        assert_eq!(
+            (a.pkid, b.pkid, o.inflight_len(), o.queued_len()),
+            (1, 2, 2, 3)
+        );
+        // Keep the even payloads: drops queued 3 and 5; in-flight 1 stays (the client has it).
+        let mut removed = Vec::new();
+        let dropped = o.retain_deliveries(|d| d.msg.payload[0] % 2 == 0, &mut removed, &limits);
+        assert_eq!((dropped, removed), (2, vec![30, 50]));
+        assert_eq!(
+            (o.inflight_len(), o.queued_len(), o.queued_bytes),
+            (2, 1, 1)
+        );
+        assert_eq!(o.on_puback(1), AckOutcome::Completed { seq: 10 });
+        let next = o.next(&limits).unwrap();
+        assert_eq!((next.delivery.msg.payload[0], next.pkid), (4, 3));
+        assert_eq!(o.on_puback(2), AckOutcome::Completed { seq: 20 });
     }
 
     /// The queue refuses what exceeds max_queued_messages; `force` bypasses it.
@@ -447,8 +515,9 @@ mod tests {
     }
 
     /// issue #9 item 5: with a global budget, every queued byte is counted once and given back
-    /// when it leaves the queue (sent, dropped as offline QoS 0, or the session discarded), and
-    /// the count of queueing sessions follows; a full budget refuses, forced pushes pass.
+    /// when it leaves the queue (sent, dropped as offline QoS 0 or by the ACL read gate, or the
+    /// session discarded), and the count of queueing sessions follows; a full budget refuses,
+    /// forced pushes pass.
     #[test]
     fn budget_counts_queued_bytes_and_gets_them_back() {
         let budget = Arc::new(QueueBudget::new(8));
@@ -482,8 +551,11 @@ mod tests {
         assert_eq!(budget.usage(), (8, 2, 8));
         a.drop_queued_qos0(&limits);
         assert_eq!(budget.usage(), (5, 2, 8), "the QoS 1 message stays");
+        // The ACL read gate on connect drops queued messages: their bytes come back too.
+        let dropped = b.retain_deliveries(|d| d.msg.payload[0] != 5, &mut Vec::new(), &limits);
+        assert_eq!((dropped, budget.usage()), (1, (4, 2, 8)));
         a.next(&limits).unwrap();
-        assert_eq!(budget.usage(), (4, 1, 8));
+        assert_eq!(budget.usage(), (3, 1, 8));
         b.discard_queue(&limits);
         assert_eq!(budget.usage(), (0, 0, 8));
     }

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Span};
+use tracing::{debug, info, warn, Span};
 
+use super::authorize::Refusal;
 use super::io::{Io, ReadError};
 use super::{ConnContext, Connection};
 use crate::error::ProtocolError;
@@ -25,6 +26,7 @@ mod connack {
     pub(super) const ACCEPTED: u8 = 0x00;
     pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
     pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub(super) const SERVER_UNAVAILABLE: u8 = 0x03;
     pub(super) const NOT_AUTHORIZED: u8 = 0x05;
 }
 
@@ -36,6 +38,7 @@ pub(super) async fn handshake(
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut io = Io::new(stream, ctx.max_packet_size);
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
@@ -89,7 +92,7 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    accept_connect(io, connect, ctx, shutdown).await
+    accept_connect(io, connect, ctx, shutdown, peer).await
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
@@ -98,6 +101,7 @@ async fn accept_connect(
     c: Connect,
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
+    peer: Option<std::net::IpAddr>,
 ) -> Option<Connection> {
     let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
@@ -133,32 +137,52 @@ async fn accept_connect(
         c.client_id.as_str().into()
     };
     Span::current().record("client_id", &*client_id);
-    if !ctx
-        .auth
-        .permits(c.username.as_deref(), c.password.as_deref())
+    // [MQTT-3.2.2-4, -5] a refused client gets its code; nothing else is processed, no will.
+    match ctx
+        .authorizer
+        .login(peer, &c, ctx.connect_timeout, shutdown, log)
+        .await
     {
-        // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        let username = c.username.as_deref().map(tracing::field::display);
-        folded!(
-            log,
-            Kind::Refused,
-            warn,
-            username,
-            "not authorized: refused (0x05)"
-        );
-        refuse(&mut io, connack::NOT_AUTHORIZED);
-        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-        return None;
+        Ok(()) => {}
+        Err(refusal) => {
+            if let Some(r) = refusal {
+                refuse(
+                    &mut io,
+                    match r {
+                        Refusal::NotAuthorized => connack::NOT_AUTHORIZED,
+                        Refusal::Unavailable => connack::SERVER_UNAVAILABLE,
+                    },
+                );
+                let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            }
+            return None;
+        }
     }
+    let acl = ctx
+        .authorizer
+        .session_acl(&client_id, c.username.as_deref());
+    let will = c
+        .will
+        .filter(|w| acl.as_ref().is_none_or(|a| a.may_publish_will(&w.topic)));
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     let store = ctx.broker.store();
-    let before = store.last_ticket();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    if let Some(acl) = &acl {
+        let dropped = attached
+            .session
+            .set_read_gate(acl.clone(), ctx.broker.limits(), store);
+        if dropped > 0 {
+            info!(
+                dropped,
+                "queued messages this client may not read were dropped"
+            );
+        }
+    }
     // sync = "always": CONNACK reveals the session (created, resumed with what its previous
     // connection changed, or discarded), and resumed in-flight messages are re-sent right
     // after it; all of that is on disk first.
-    let after = store.last_ticket();
-    if store.ack_policy() == AckPolicy::Durable && (after > before || !c.clean_session) {
+    if store.ack_policy() == AckPolicy::Durable && (attached.stored || !c.clean_session) {
+        let after = store.last_ticket();
         let durable = tokio::select! {
             r = timeout(ctx.connect_timeout, store.durable(after)) => r.is_ok(),
             _ = shutdown.cancelled() => false,
@@ -187,7 +211,8 @@ async fn accept_connect(
         session: attached.session,
         conn_id: attached.conn_id,
         client_id,
-        will: c.will.map(Box::new),
+        will: will.map(Box::new),
+        acl,
         pending_drain: true,
         batch: Vec::new(),
         ctl: attached.ctl,

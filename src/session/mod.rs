@@ -4,12 +4,12 @@
 //! future; the loop never waits for readiness while a whole packet is buffered, unless the
 //! connection is backed up; the end of a connection is logged once, with its `DisconnectReason`.
 
-mod auth;
+mod authorize;
 mod connect;
 mod io;
 mod will;
 
-pub(crate) use auth::Auth;
+pub(crate) use authorize::Authorizer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,8 @@ pub(crate) async fn run_connection(
 /// What every connection task shares.
 pub(crate) struct ConnContext {
     pub(crate) broker: Broker,
-    pub(crate) auth: Auth,
+    /// Credentials, the refusal delay and each client's ACL.
+    pub(crate) authorizer: Authorizer,
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     /// Keep-alive cap in seconds (65535 = none).
@@ -107,6 +108,8 @@ struct Connection {
     client_id: ClientId,
     /// Boxed: most connections have none, and an idle connection should stay small.
     will: Option<Box<codec::Will>>,
+    /// The client's ACL; `None` without an `acl_file` (then nothing is checked).
+    acl: Option<Arc<authorize::SessionAcl>>,
     /// The session queue may have something for us.
     pending_drain: bool,
     /// Reused between drains so moving messages out of the queue does not allocate; each
@@ -370,9 +373,10 @@ impl Connection {
                 ctl.wake.notify_one();
             });
         }
-        // Clients may not publish into $SYS: dropped like an ACL denial (3.1.1 cannot say
-        // so), the QoS handshake still completes.
-        let denied = p.topic.as_str().starts_with("$SYS");
+        // Clients may not publish into $SYS, nor where the ACL denies it: dropped (3.1.1
+        // cannot say so), the QoS handshake still completes, as Mosquitto does.
+        let denied = p.topic.as_str().starts_with("$SYS")
+            || self.acl.as_ref().is_some_and(|a| !a.may_publish(&p.topic));
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
@@ -381,7 +385,7 @@ impl Connection {
         };
         let route = |broker: &Broker, msg: Message| {
             if denied {
-                debug!("publish to $SYS denied");
+                debug!("publish denied");
                 broker.note_denied();
             } else {
                 broker.publish(Arc::new(msg));
@@ -566,9 +570,12 @@ impl Connection {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut granted = Vec::with_capacity(s.filters.len());
         // Every filter is valid (the codec refuses a packet with an invalid one, [MQTT-4.8.0-1]):
-        // 0x80 is for a valid filter the broker refuses (today: a takeover raced this SUBSCRIBE).
+        // 0x80 is for a valid filter the broker refuses (the ACL, or a takeover that raced
+        // this SUBSCRIBE).
         for (f, qos) in s.filters {
-            if broker.subscribe(&self.session, &f, qos) {
+            if self.acl.as_ref().is_some_and(|a| !a.may_subscribe(&f)) {
+                codes.push(0x80);
+            } else if broker.subscribe(&self.session, &f, qos) {
                 codes.push(qos as u8);
                 granted.push((f, qos));
             } else {

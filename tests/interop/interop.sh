@@ -8,8 +8,10 @@
 # Without BROKERD, cargo builds the binary and reports where it put it, so CARGO_TARGET_DIR and
 # cargo's build.target-dir settings are honoured.
 # Starts one broker on a free loopback port, runs every case (each prints PASS or FAIL), stops
-# the broker with SIGTERM, and ends with "N passed, M failed"; exits non-zero when M > 0.
-# Every wait is bounded. Needs: mosquitto_pub, mosquitto_sub, python3 with paho-mqtt 2.x.
+# the broker with SIGTERM, and ends with "N passed, M failed"; exits non-zero when M > 0. The
+# users-and-ACL cases run against a second broker with a password file and an ACL file.
+# Every wait is bounded. Needs: mosquitto_pub, mosquitto_sub, mosquitto_passwd, python3 with
+# paho-mqtt 2.x.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +19,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 PAHO=(python3 "$HERE/paho_client.py")
 T=10 # seconds: the bound on any single wait
 
-for tool in mosquitto_pub mosquitto_sub python3 timeout stdbuf; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd python3 timeout stdbuf; do
     command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 2; }
 done
 python3 -c 'import paho.mqtt.client as m; assert hasattr(m, "CallbackAPIVersion")' 2>/dev/null || {
@@ -52,19 +54,22 @@ echo "interop: using $BROKERD"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/brokerd-interop.XXXXXX")"
 BROKER_PID=""
+AUTH_PID=""
 
 # On exit: stop the clients this script started and still running (its own jobs only), then the
 # broker it started (SIGTERM, SIGKILL after 5 s), by PID.
 cleanup() {
     local pid
     for pid in $(jobs -pr); do
-        [[ "$pid" == "$BROKER_PID" ]] || kill "$pid" 2>/dev/null
+        [[ "$pid" == "$BROKER_PID" || "$pid" == "$AUTH_PID" ]] || kill "$pid" 2>/dev/null
     done
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$BROKER_PID" 2>/dev/null
-    fi
+    for pid in "$BROKER_PID" "$AUTH_PID"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null
+        fi
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -83,26 +88,35 @@ fail() {
 }
 
 # --- the broker -------------------------------------------------------------------------------
+# start_broker NAME: starts brokerd on $TMP/NAME.toml (stdout in $TMP/NAME.out, log in
+# $TMP/NAME.log) and waits until it listens; sets STARTED_PID and STARTED_PORT, or exits.
+start_broker() {
+    local name=$1
+    "$BROKERD" --config "$TMP/$name.toml" >"$TMP/$name.out" 2>"$TMP/$name.log" &
+    STARTED_PID=$!
+    STARTED_PORT=""
+    for _ in $(seq 100); do
+        STARTED_PORT="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
+        [[ -n "$STARTED_PORT" ]] && break
+        kill -0 "$STARTED_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z "$STARTED_PORT" ]]; then
+        echo "interop: broker $name did not print 'listening on 127.0.0.1:PORT' within 10 s" >&2
+        cat "$TMP/$name.out" "$TMP/$name.log" >&2
+        exit 1
+    fi
+    echo "brokerd $name (pid $STARTED_PID) listening on 127.0.0.1:$STARTED_PORT"
+}
+
 cat >"$TMP/broker.toml" <<'EOF'
 [listener]
 bind = "127.0.0.1:0"
 shutdown_grace_ms = 2000
 EOF
-"$BROKERD" --config "$TMP/broker.toml" >"$TMP/broker.out" 2>"$TMP/broker.log" &
-BROKER_PID=$!
-PORT=""
-for _ in $(seq 100); do
-    PORT="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/broker.out")"
-    [[ -n "$PORT" ]] && break
-    kill -0 "$BROKER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ -z "$PORT" ]]; then
-    echo "interop: broker did not print 'listening on 127.0.0.1:PORT' within 10 s" >&2
-    cat "$TMP/broker.out" "$TMP/broker.log" >&2
-    exit 1
-fi
-echo "brokerd (pid $BROKER_PID) listening on 127.0.0.1:$PORT"
+start_broker broker
+BROKER_PID=$STARTED_PID
+PORT=$STARTED_PORT
 H=(-h 127.0.0.1 -p "$PORT")
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -338,6 +352,84 @@ if [[ "$EARLY2_RC" == 0 ]]; then
 else
     fail "paho connect() + publish(qos=1) before loop_start(): PUBACK within 1 s ($EARLY2)" "$TMP/early2.out"
 fi
+
+# --- users and ACLs (issue #9), on a second broker ------------------------------------------
+# A password file from mosquitto_passwd plus an entry from `brokerd passwd`, an ACL file in
+# Mosquitto's syntax; anonymous clients refused.
+mosquitto_passwd -c -b "$TMP/passwd" alice alice-pw >/dev/null 2>&1
+printf 'bob-pw\n' | "$BROKERD" passwd "$TMP/passwd" bob --password-stdin >/dev/null
+chmod 600 "$TMP/passwd"
+cat >"$TMP/acl" <<'EOF'
+# alice may publish anywhere under acl/; bob may read acl/public/ only.
+user alice
+topic write acl/#
+user bob
+topic read acl/public/#
+EOF
+cat >"$TMP/auth.toml" <<EOF
+[listener]
+bind = "127.0.0.1:0"
+shutdown_grace_ms = 2000
+[auth]
+allow_anonymous = false
+password_file = "$TMP/passwd"
+acl_file = "$TMP/acl"
+EOF
+start_broker auth
+AUTH_PID=$STARTED_PID
+A=(-h 127.0.0.1 -p "$STARTED_PORT")
+
+if timeout "$T" mosquitto_pub "${A[@]}" -u alice -P alice-pw -t acl/public/hello -m hi >"$TMP/auth1.out" 2>&1; then
+    pass "mosquitto_pub -u/-P with a mosquitto_passwd entry is accepted"
+else
+    fail "mosquitto_pub -u/-P with a mosquitto_passwd entry is accepted" "$TMP/auth1.out"
+fi
+if ! timeout "$T" mosquitto_pub "${A[@]}" -u alice -P wrong -t acl/public/hello -m hi >"$TMP/auth2.out" 2>&1 &&
+    grep -qi 'not authori' "$TMP/auth2.out"; then
+    pass "mosquitto_pub with a wrong password is refused (not authorised)"
+else
+    fail "mosquitto_pub with a wrong password is refused (not authorised)" "$TMP/auth2.out"
+fi
+if ! timeout "$T" mosquitto_pub "${A[@]}" -t acl/public/hello -m hi >"$TMP/auth3.out" 2>&1 &&
+    grep -qi 'not authori' "$TMP/auth3.out"; then
+    pass "mosquitto_pub without a username is refused (allow_anonymous = false)"
+else
+    fail "mosquitto_pub without a username is refused (allow_anonymous = false)" "$TMP/auth3.out"
+fi
+"${PAHO[@]}" --port "$STARTED_PORT" --timeout "$T" --username bob --password bob-pw \
+    sub --topic acl/public/x --count 0 >"$TMP/auth4.out" 2>&1
+if grep -q '^CONNACK sp=0 rc=0' "$TMP/auth4.out"; then
+    pass "paho username_pw_set with a brokerd passwd entry is accepted"
+else
+    fail "paho username_pw_set with a brokerd passwd entry is accepted" "$TMP/auth4.out"
+fi
+"${PAHO[@]}" --port "$STARTED_PORT" --timeout "$T" --username bob --password nope \
+    sub --topic acl/public/x --count 0 >"$TMP/auth5.out" 2>&1
+# paho 2.x reports the 3.1.1 return code 5 as its reason code 135 ("Not authorized").
+if grep -q '^CONNACK sp=0 rc=\(5\|135\)$' "$TMP/auth5.out"; then
+    pass "paho with a wrong password gets CONNACK 5 (not authorized)"
+else
+    fail "paho with a wrong password gets CONNACK 5 (not authorized)" "$TMP/auth5.out"
+fi
+
+# bob subscribes to acl/# (granted: it overlaps what he may read) and acl/secret/# (0x80); alice
+# publishes a secret message, then a public one: bob receives only the public one.
+timeout $((T + 5)) stdbuf -oL mosquitto_sub -d "${A[@]}" -u bob -P bob-pw -F "$FMT" -q 1 \
+    -t 'acl/#' -t 'acl/secret/#' -C 1 -W "$T" >"$TMP/acl1.out" 2>&1 &
+SUB_PID=$!
+wait_for "$TMP/acl1.out" '^Subscribed'
+timeout "$T" mosquitto_pub "${A[@]}" -u alice -P alice-pw -q 1 -t acl/secret/plan -m secret
+timeout "$T" mosquitto_pub "${A[@]}" -u alice -P alice-pw -q 1 -t acl/public/news -m public
+finish acl1
+expect acl1 "ACL: a subscriber to acl/# receives only the topics it may read" "MSG 1 0 acl/public/news public"
+if grep -q '^Subscribed (mid: [0-9]*): 1, 128' "$TMP/acl1.out"; then
+    pass "ACL: SUBACK grants acl/# and refuses acl/secret/# (128)"
+else
+    fail "ACL: SUBACK grants acl/# and refuses acl/secret/# (128)" "$TMP/acl1.out"
+fi
+kill -TERM "$AUTH_PID"
+wait "$AUTH_PID" 2>/dev/null
+AUTH_PID=""
 
 # --- shutdown ---------------------------------------------------------------------------------
 kill -TERM "$BROKER_PID"

@@ -39,12 +39,15 @@ def out(line):
 
 
 def make_client(args, client_id, clean_session=True):
-    return mqtt.Client(
+    client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
     )
+    if args.username is not None:
+        client.username_pw_set(args.username, args.password)
+    return client
 
 
 def connect(client, args):
@@ -216,6 +219,8 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--client-id", default="")
+    p.add_argument("--username", default=None)
+    p.add_argument("--password", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("pub")
