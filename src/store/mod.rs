@@ -389,7 +389,7 @@ impl Store {
         match self.shared.as_deref() {
             Some(s) if s.sync == SyncMode::Always => AckPolicy::Durable,
             Some(s) if s.sync == SyncMode::Periodic => AckPolicy::Bounded {
-                gate_ms: (s.flush_interval.as_millis() as u64 / 2).max(1),
+                gate_ms: writer::gate_ms(s.flush_interval),
             },
             _ => AckPolicy::Immediate,
         }

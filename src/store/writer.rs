@@ -16,6 +16,14 @@ use tracing::{debug, error, info, warn};
 use super::{dir, lock, Backend, Op, Shared, SledBackend, StoreError};
 use crate::config::SyncMode;
 
+/// A quarter of the flush interval: with sync = "periodic" nothing acknowledged waits longer
+/// than this for its flush to start (see `AckPolicy::Bounded`), which leaves three quarters of
+/// the interval for the write and the fsync (and a loaded machine's scheduling) before the
+/// promise "a crash loses at most flush_interval_ms of acknowledgements" could break.
+pub(super) fn gate_ms(flush_interval: Duration) -> u64 {
+    (flush_interval.as_millis() as u64 / 4).max(1)
+}
+
 /// With sync = "periodic", a flush comes early once this many applied ops wait for it.
 const MAX_UNFLUSHED_OPS: usize = 65_536;
 
@@ -221,10 +229,8 @@ impl<F: Fn() -> Result<SledBackend, StoreError>> Writer<F> {
         p.stopping
     }
 
-    /// Half the flush interval: with sync = "periodic" nothing acknowledged waits longer
-    /// than this for its flush to start (see `AckPolicy::Bounded`).
     fn gate_ms(&self) -> u64 {
-        (self.shared.flush_interval.as_millis() as u64 / 2).max(1)
+        gate_ms(self.shared.flush_interval)
     }
 
     /// Whether the file system has room for this batch above the reserve. Below it, nothing
