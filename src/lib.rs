@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
+//! | L1 | `transport` (`tcp`) | one `Transport` under the session loop: readiness, reads into the session's buffer, batched writes |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
@@ -48,6 +49,7 @@ mod server;
 mod session;
 mod store;
 mod topic;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
@@ -18,6 +17,7 @@ use crate::error::ProtocolError;
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
+use crate::transport::Transport;
 
 /// CONNACK return codes ([MQTT-3.2.2]).
 mod connack {
@@ -27,18 +27,19 @@ mod connack {
     pub(super) const NOT_AUTHORIZED: u8 = 0x05;
 }
 
-/// Reads CONNECT (under `limits.connect_timeout_ms`), validates it, answers CONNACK and
-/// attaches the session. `None` when the connection ends here.
-pub(super) async fn handshake(
-    stream: TcpStream,
-    ctx: &Arc<ConnContext>,
-    shutdown: &CancellationToken,
-) -> Option<Connection> {
-    let _ = stream.set_nodelay(true);
-    let mut io = Io::new(stream, ctx.max_packet_size);
+/// Reads CONNECT (by `deadline`: `limits.connect_timeout_ms` after the accept), validates it,
+/// answers CONNACK and attaches the session. `None` when the connection ends here.
+pub(super) async fn handshake<T: Transport>(
+    transport: T,
+    deadline: Instant,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) -> Option<Connection<T>> {
+    let (ctx, shutdown) = (&ctx, &shutdown);
+    let mut io = Io::new(transport, ctx.max_packet_size);
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = timeout(ctx.connect_timeout, io.read_packet()) => r,
+        r = timeout_at(deadline, io.read_packet()) => r,
     };
     let connect = match first {
         Err(_) => {
@@ -74,13 +75,13 @@ pub(super) async fn handshake(
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
-async fn accept_connect(
-    mut io: Io,
+async fn accept_connect<T: Transport>(
+    mut io: Io<T>,
     c: Connect,
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
-) -> Option<Connection> {
-    let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+) -> Option<Connection<T>> {
+    let refuse = |io: &mut Io<T>, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
     // in 3.1.1: MQTT 3.1 requires an id, so Mosquitto answers 0x02 there too.
     let client_id: ClientId = if c.client_id.is_empty() {
