@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
-//! | L1 | `transport` (`tcp`) | one `Transport` under the session loop: readiness, reads into the session's buffer, batched writes |
+//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
@@ -83,14 +83,29 @@ pub enum Error {
     Auth(String),
     #[error("persistence: {0}")]
     Store(String),
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// Where the broker accepts connections: what `run` passes to its `ready` callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The plain MQTT listener (`[listener] bind`).
+    pub mqtt: SocketAddr,
+    /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
+    pub tls: Option<SocketAddr>,
 }
 
 /// Checks what `run` loads besides the configuration file, without starting anything: the
-/// password file (loaded exactly as `run` loads it) and, with persistence on, that the data
-/// directory is usable (see `store::data_dir::check`). Opens no database and takes no lock,
-/// so it also passes while a broker runs on the same directory.
+/// password file (loaded exactly as `run` loads it), the TLS certificate, key and CA files when
+/// `[tls]` is enabled, and, with persistence on, that the data directory is usable (see
+/// `store::data_dir::check`). Opens no database and takes no lock, so it also passes while a
+/// broker runs on the same directory.
 pub fn check(config: &Config) -> Result<(), Error> {
     session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    if config.tls.enabled {
+        transport::TlsAcceptor::load(&config.tls).map_err(|e| Error::Tls(e.to_string()))?;
+    }
     if config.persistence.enabled {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
@@ -98,16 +113,22 @@ pub fn check(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
-/// the bound address once connections are accepted, and on shutdown stops accepting, closes
-/// every connection (their wills are published) and waits at most
-/// `listener.shutdown_grace_ms` for them.
+/// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
+/// when TLS is enabled), calls `ready` with the bound addresses once connections are accepted,
+/// and on shutdown stops accepting, closes every connection (their wills are published) and
+/// waits at most `listener.shutdown_grace_ms` for them.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
     let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    let tls = if config.tls.enabled {
+        let acceptor = transport::TlsAcceptor::load(&config.tls);
+        Some(acceptor.map_err(|e| Error::Tls(e.to_string()))?)
+    } else {
+        None
+    };
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -123,6 +144,19 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|error| Error::Bind { addr, error })?;
+    let tls_listener = match tls {
+        Some(acceptor) => {
+            let addr = config.tls_bind_addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|error| Error::Bind { addr, error })?;
+            let local = listener
+                .local_addr()
+                .map_err(|error| Error::Bind { addr, error })?;
+            Some((listener, local, acceptor))
+        }
+        None => None,
+    };
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
@@ -162,11 +196,33 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
-    ready(local);
+    let limit = server::ConnectionLimit::new(config.limits.max_connections);
+    let tls_local = match tls_listener {
+        Some((listener, addr, acceptor)) => {
+            info!(%addr, "listening (tls)");
+            let accept = server::accept_loop(
+                listener,
+                server::Kind::Tls(acceptor),
+                ctx.clone(),
+                limit.clone(),
+                closing.clone(),
+                token.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(accept);
+            Some(addr)
+        }
+        None => None,
+    };
+    ready(Listening {
+        mqtt: local,
+        tls: tls_local,
+    });
     let accept = server::accept_loop(
         listener,
+        server::Kind::Plain,
         ctx,
-        config.limits.max_connections,
+        limit,
         closing.clone(),
         token.clone(),
         tracker.clone(),

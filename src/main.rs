@@ -74,9 +74,13 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
         let shutdown = shutdown_signal().context("installing signal handlers")?;
         log_hangups().context("installing the SIGHUP handler")?;
-        brokerd::run(config, shutdown, |addr| {
+        brokerd::run(config, shutdown, |at| {
+            // The MQTT listener's line comes first and keeps its form (scripts read it).
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "listening on {addr}");
+            let _ = writeln!(out, "listening on {}", at.mqtt);
+            if let Some(tls) = at.tls {
+                let _ = writeln!(out, "listening tls on {tls}");
+            }
             let _ = out.flush();
         })
         .await?;
@@ -84,7 +88,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Logs go to stderr (stdout carries only the `listening on ADDR` line); RUST_LOG wins over
+/// Logs go to stderr (stdout carries only the `listening on ADDR` lines); RUST_LOG wins over
 /// the configured level.
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {

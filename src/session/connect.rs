@@ -17,20 +17,23 @@ use crate::error::ProtocolError;
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
-use crate::transport::Transport;
+use crate::transport::{PeerIdentity, Transport};
 
 /// CONNACK return codes ([MQTT-3.2.2]).
 mod connack {
     pub(super) const ACCEPTED: u8 = 0x00;
     pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
     pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub(super) const BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
     pub(super) const NOT_AUTHORIZED: u8 = 0x05;
 }
 
 /// Reads CONNECT (by `deadline`: `limits.connect_timeout_ms` after the accept), validates it,
-/// answers CONNACK and attaches the session. `None` when the connection ends here.
+/// answers CONNACK and attaches the session. `None` when the connection ends here. `identity`
+/// is what the transport vouches for (a TLS client certificate's CN).
 pub(super) async fn handshake<T: Transport>(
     transport: T,
+    identity: Option<PeerIdentity>,
     deadline: Instant,
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
@@ -71,13 +74,14 @@ pub(super) async fn handshake<T: Transport>(
             return None;
         }
     };
-    accept_connect(io, connect, ctx, shutdown).await
+    accept_connect(io, connect, identity, ctx, shutdown).await
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
 async fn accept_connect<T: Transport>(
     mut io: Io<T>,
     c: Connect,
+    identity: Option<PeerIdentity>,
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
 ) -> Option<Connection<T>> {
@@ -103,10 +107,23 @@ async fn accept_connect<T: Transport>(
         c.client_id.as_str().into()
     };
     Span::current().record("client_id", &*client_id);
-    if !ctx
-        .auth
-        .permits(c.username.as_deref(), c.password.as_deref())
-    {
+    // use_identity_as_username (as Mosquitto): the verified certificate is the credential, its
+    // CN the username; the CONNECT's username and password are not used.
+    let (username, authenticated) = match identity {
+        None => (
+            c.username.clone(),
+            ctx.auth
+                .permits(c.username.as_deref(), c.password.as_deref()),
+        ),
+        Some(PeerIdentity::CertificateCn(cn)) => (Some(cn), true),
+        Some(PeerIdentity::Unusable) => {
+            warn!("client certificate has no CN usable as a username (tls.use_identity_as_username): refused (0x04)");
+            refuse(&mut io, connack::BAD_USERNAME_OR_PASSWORD);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            return None;
+        }
+    };
+    if !authenticated {
         // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
         let username = c.username.as_deref().map(tracing::field::display);
         warn!(username, "not authorized: refused (0x05)");
@@ -136,6 +153,7 @@ async fn accept_connect<T: Transport>(
     // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
     info!(
+        username = username.as_deref().map(tracing::field::display),
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,

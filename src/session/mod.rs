@@ -11,7 +11,7 @@ mod start;
 mod will;
 
 pub(crate) use auth::Auth;
-pub(crate) use start::run_connection;
+pub(crate) use start::{run_connection, run_tls_connection};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,18 +1,19 @@
-//! How a connection starts, per listener: CONNECT, then the one session loop
-//! (`Connection<T>`, over any `Transport`).
+//! How a connection starts, per listener: plain TCP goes straight to CONNECT, TLS completes its
+//! handshake first; then both run the one session loop (`Connection<T>`, any `Transport`).
 //! L3: the transports and the CONNECT phase. Invariants: `limits.connect_timeout_ms` bounds
-//! everything before CONNACK; what the task keeps while a connection idles is the session loop,
-//! not the start-up state.
+//! everything before CONNACK (the TLS handshake included); a failed handshake is one log line;
+//! what the task keeps while a connection idles is the session loop, not the start-up state.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use super::{connect, ConnContext};
-use crate::transport::{Tcp, Transport};
+use crate::transport::{HandshakeError, PeerIdentity, Tcp, TlsAcceptor, Transport};
 
 /// Serves one accepted plain TCP connection until it ends. Never panics on client input.
 pub(crate) fn run_connection(
@@ -22,7 +23,41 @@ pub(crate) fn run_connection(
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.connect_timeout;
-    serve(Tcp(stream), deadline, ctx, shutdown)
+    serve(Tcp(stream), None, deadline, ctx, shutdown)
+}
+
+/// Serves one accepted connection of the TLS listener: the handshake, then the same session as
+/// plain TCP. `limits.connect_timeout_ms` bounds the handshake and CONNECT together.
+pub(crate) async fn run_tls_connection(
+    stream: TcpStream,
+    tls: TlsAcceptor,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + ctx.connect_timeout;
+    // Boxed like the CONNECT phase: its state is freed before the session loop runs.
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = timeout_at(deadline, Box::pin(tls.accept(stream))) => r,
+    };
+    let (transport, identity) = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Err(_) => {
+            info!("closed: TLS handshake not done within limits.connect_timeout_ms");
+            return;
+        }
+        // One line per failed handshake, never per record.
+        Ok(Err(HandshakeError::Tls(e))) => {
+            warn!(error = %e, "TLS handshake failed: closed");
+            return;
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed: closed");
+            return;
+        }
+    };
+    serve(transport, identity, deadline, ctx, shutdown).await;
 }
 
 /// One connection over any transport: CONNECT (by `deadline`), the session loop, the end.
@@ -31,12 +66,14 @@ pub(crate) fn run_connection(
 /// connection keeps for its whole life, holds only the session loop.
 fn serve<T: Transport>(
     transport: T,
+    identity: Option<PeerIdentity>,
     deadline: Instant,
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let connect = Box::pin(connect::handshake(
         transport,
+        identity,
         deadline,
         ctx,
         shutdown.clone(),

@@ -1,11 +1,11 @@
-//! The byte streams under the session loop, behind one `Transport`: plain TCP (TLS and
-//! WebSocket implement the same interface).
+//! The byte streams under the session loop: plain TCP and TLS behind one `Transport`.
 //! L1: tokio, rustls and L0 only; nothing above it. Invariants: only `ready` waits, every other
 //! call returns at once (`WouldBlock` when it can do nothing now); a transport never holds a
 //! whole MQTT packet of its own, it only moves bytes into and out of the session's buffers;
 //! plain TCP is the bare `TcpStream` (no buffer, no box), so an idle connection costs nothing more.
 
 pub(crate) mod tcp;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::io;
@@ -14,8 +14,22 @@ use bytes::BytesMut;
 use tokio::io::{Interest, Ready};
 
 pub(crate) use tcp::Tcp;
+pub(crate) use tls::{HandshakeError, TlsAcceptor};
+
+/// Who the transport says the client is, handed to the CONNECT phase. Only a TLS listener with
+/// `use_identity_as_username` produces one; elsewhere the CONNECT's credentials decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerIdentity {
+    /// The verified client certificate's subject CN: it is the client's username, and the
+    /// CONNECT's username and password are not used for authentication.
+    CertificateCn(String),
+    /// The certificate has no CN usable as an MQTT username (none, not UTF-8, a control
+    /// character, empty): refused with CONNACK 0x04, as Mosquitto does.
+    Unusable,
+}
+
 /// A connection's byte stream, as the session loop drives it: wait for readiness, then read and
-/// write without waiting.
+/// write without waiting. TLS implements it over the same readiness of its TCP socket.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// Resolves when an operation of `interest` may make progress, or the socket is closed or
     /// failed (the next read or write then says which). Cancel-safe: holds no data.

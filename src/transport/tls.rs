@@ -1,0 +1,231 @@
+//! TLS (rustls, 1.2 and 1.3) over a TCP socket, driven by that socket's readiness like plain
+//! TCP, and the acceptor that holds the listener's server configuration.
+//! L1: tokio, rustls, `tls::certs` and `tls::identity`. Invariants: every buffer is rustls's own
+//! and bounded (16 KiB of received plaintext, 64 KiB of records to send); a TLS error becomes an
+//! error of the call that met it, never a panic.
+
+mod certs;
+mod identity;
+
+use std::future::Future;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::{Interest, Ready};
+use tokio::net::TcpStream;
+
+use super::{PeerIdentity, Transport};
+use crate::config::TlsConfig;
+pub(crate) use certs::TlsError;
+
+/// Plaintext moved out of rustls per read call: bounds the zero-fill of the read buffer.
+const MAX_PLAINTEXT_READ: usize = 16 * 1024;
+
+/// A TLS connection whose handshake is complete.
+pub(crate) struct Tls {
+    tcp: TcpStream,
+    /// Boxed: a `ServerConnection` is large, and only TLS connections pay for it.
+    conn: Box<ServerConnection>,
+}
+
+/// The socket as the `Read`/`Write` rustls expects, without waiting: `WouldBlock` passes
+/// through (and clears the socket's readiness, so `ready` then waits for the next event).
+struct Sock<'a>(&'a TcpStream);
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the records rustls has ready until they are all out or the socket is full.
+fn flush_records(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(&mut Sock(tcp)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Handles the records read so far. On a TLS error the alert rustls queued is sent (best
+/// effort, without waiting) so the peer learns why.
+fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> Result<(), rustls::Error> {
+    if let Err(e) = conn.process_new_packets() {
+        let _ = flush_records(conn, tcp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Moves decrypted bytes into the spare capacity of `buf`.
+fn read_plaintext(conn: &mut ServerConnection, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(MAX_PLAINTEXT_READ);
+    }
+    let start = buf.len();
+    let end = start + (buf.capacity() - start).min(MAX_PLAINTEXT_READ);
+    // Zero-filled rather than read into uninitialised memory: no unsafe code, and the copy is
+    // small next to the decryption that produced the bytes.
+    buf.resize(end, 0);
+    let r = conn.reader().read(&mut buf[start..]);
+    buf.truncate(start + r.as_ref().map_or(0, |n| *n));
+    r
+}
+
+impl Transport for Tls {
+    fn ready(&self, interest: Interest) -> impl Future<Output = io::Result<Ready>> + Send + '_ {
+        // Records already decrypted (or a close_notify) wait inside rustls, not on the socket.
+        let buffered = interest.is_readable() && !self.conn.wants_read();
+        async move {
+            if buffered {
+                return Ok(Ready::READABLE);
+            }
+            self.tcp.ready(interest).await
+        }
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match read_plaintext(&mut self.conn, buf) {
+                // rustls needs more records from the socket.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // TCP closed without close_notify: the end of the stream, as for plain TCP (the
+                // session decides whether it cut a packet; MQTT has its own DISCONNECT).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                other => return other,
+            }
+            // At EOF (`Ok(0)`) the reader reports it on the next turn.
+            self.conn.read_tls(&mut Sock(&self.tcp))?;
+            process(&mut self.conn, &self.tcp)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Records already made go first, so rustls has room for the new ones.
+        flush_records(&mut self.conn, &self.tcp)?;
+        let n = self.conn.writer().write(buf)?;
+        flush_records(&mut self.conn, &self.tcp)?;
+        if n == 0 && !buf.is_empty() {
+            // rustls's buffer is full because the socket is (flush_records stopped on
+            // WouldBlock): wait for writability like plain TCP.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn try_flush(&mut self) -> io::Result<()> {
+        flush_records(&mut self.conn, &self.tcp)
+    }
+
+    fn has_buffered_output(&self) -> bool {
+        self.conn.wants_write()
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    /// The client broke TLS or was refused by it (unsupported version, bad certificate...).
+    #[error("{0}")]
+    Tls(rustls::Error),
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("connection closed during the TLS handshake")]
+    Eof,
+}
+
+impl From<io::Error> for HandshakeError {
+    fn from(e: io::Error) -> Self {
+        HandshakeError::Io(e)
+    }
+}
+
+/// The TLS listener's server configuration.
+#[derive(Clone)]
+pub(crate) struct TlsAcceptor {
+    inner: Arc<AcceptorInner>,
+}
+
+struct AcceptorInner {
+    use_identity_as_username: bool,
+    current: Arc<ServerConfig>,
+}
+
+impl TlsAcceptor {
+    /// Loads the certificate, key and (for mutual TLS) CA files of `[tls]`.
+    pub(crate) fn load(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+        let files = certs::Files::from_config(config)?;
+        let current = certs::build(&files)?;
+        Ok(TlsAcceptor {
+            inner: Arc::new(AcceptorInner {
+                use_identity_as_username: config.use_identity_as_username,
+                current,
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.inner.current.clone()
+    }
+
+    /// Runs the server side of the handshake (the caller bounds it in time). Returns the
+    /// connection and, with `use_identity_as_username`, what the client certificate says.
+    pub(crate) async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(Tls, Option<PeerIdentity>), HandshakeError> {
+        let mut conn =
+            Box::new(ServerConnection::new(self.current()).map_err(HandshakeError::Tls)?);
+        loop {
+            // Handshake messages first (at the end: the last flight, TLS 1.3 tickets).
+            while conn.wants_write() {
+                match conn.write_tls(&mut Sock(&tcp)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        tcp.ready(Interest::WRITABLE).await?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !conn.is_handshaking() {
+                break;
+            }
+            match conn.read_tls(&mut Sock(&tcp)) {
+                Ok(0) => return Err(HandshakeError::Eof),
+                Ok(_) => process(&mut conn, &tcp).map_err(HandshakeError::Tls)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tcp.ready(Interest::READABLE).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let identity = self
+            .inner
+            .use_identity_as_username
+            .then(|| identity::from_certificates(conn.peer_certificates()));
+        Ok((Tls { tcp, conn }, identity))
+    }
+}
