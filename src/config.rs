@@ -129,7 +129,8 @@ pub struct PersistenceConfig {
     pub min_free_bytes: u64,
 }
 
-/// `[tls]`: a second listener, MQTT over TLS (1.2 and 1.3), off unless `enabled`.
+/// `[tls]`: a second listener, MQTT over TLS (1.2 and 1.3), off unless `enabled`. The
+/// certificate, key and CA files are reloaded when they change and on SIGHUP.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {

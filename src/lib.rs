@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
-//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) |
+//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
 //! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
@@ -67,6 +67,10 @@ pub use config::{Config, ConfigError};
 /// keep-alive and that plus this period.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
+/// How often the TLS certificate, key and CA files are checked for changes (size, modification
+/// time, inode); a change is loaded once it has stayed the same for one more check.
+const TLS_FILE_POLL: Duration = Duration::from_secs(1);
+
 /// Why the broker could not start.
 ///
 /// Like every error type of the crate, a variant's message includes its cause and `source()`
@@ -96,6 +100,32 @@ pub struct Listening {
     pub tls: Option<SocketAddr>,
 }
 
+/// Asks a running broker to reload what it can without a restart: today the TLS certificate,
+/// key and CA files. Clone it into a signal handler (SIGHUP) and call `reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for ReloadHandle {
+    fn default() -> Self {
+        ReloadHandle(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl ReloadHandle {
+    pub fn new() -> ReloadHandle {
+        ReloadHandle::default()
+    }
+
+    /// Requests a reload; requests made while one runs are merged into one more.
+    pub fn reload(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// Checks what `run` loads besides the configuration file, without starting anything: the
 /// password file (loaded exactly as `run` loads it), the TLS certificate, key and CA files when
 /// `[tls]` is enabled, and, with persistence on, that the data directory is usable (see
@@ -115,11 +145,13 @@ pub fn check(config: &Config) -> Result<(), Error> {
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
 /// when TLS is enabled), calls `ready` with the bound addresses once connections are accepted,
-/// and on shutdown stops accepting, closes every connection (their wills are published) and
-/// waits at most `listener.shutdown_grace_ms` for them.
+/// reloads what it can each time `reload` asks, and on shutdown stops accepting, closes every
+/// connection (their wills are published) and waits at most `listener.shutdown_grace_ms` for
+/// them.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
+    reload: ReloadHandle,
     ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
     let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
@@ -200,6 +232,7 @@ pub async fn run(
     let tls_local = match tls_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
+            spawn_tls_reloader(acceptor.clone(), reload.subscribe(), &token, &tracker);
             let accept = server::accept_loop(
                 listener,
                 server::Kind::Tls(acceptor),
@@ -256,6 +289,38 @@ pub async fn run(
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())
     })
+}
+
+/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and when `reload`
+/// asks (SIGHUP). File system access runs off the async workers.
+fn spawn_tls_reloader(
+    acceptor: transport::TlsAcceptor,
+    mut reload: tokio::sync::watch::Receiver<u64>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let token = token.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(TLS_FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signals = true;
+        loop {
+            let acceptor = acceptor.clone();
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = tokio::task::spawn_blocking(move || acceptor.reload_if_changed()).await;
+                }
+                r = reload.changed(), if signals => {
+                    if r.is_err() {
+                        signals = false; // no handle left: only file changes from now on
+                        continue;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || acceptor.reload("reload request")).await;
+                }
+            }
+        }
+    });
 }
 
 /// The start-up line that says where the broker listens and how it persists.

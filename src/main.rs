@@ -73,8 +73,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         // Installed before the listener is announced: a SIGTERM right after `listening on`
         // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        log_hangups().context("installing the SIGHUP handler")?;
-        brokerd::run(config, shutdown, |at| {
+        let reload = brokerd::ReloadHandle::new();
+        forward_hangups(reload.clone(), config.tls.enabled)
+            .context("installing the SIGHUP handler")?;
+        brokerd::run(config, shutdown, reload, |at| {
             // The MQTT listener's line comes first and keeps its form (scripts read it).
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {}", at.mqtt);
@@ -119,24 +121,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Installs a SIGHUP handler now and logs each SIGHUP from a task: the broker keeps running.
-/// Reloading the configuration on SIGHUP is a later issue; until then it only says so.
+/// Installs a SIGHUP handler now; each SIGHUP reloads the TLS files (when TLS is enabled) and
+/// is logged. The broker keeps running. The rest of the configuration needs a restart.
 #[cfg(unix)]
-fn log_hangups() -> std::io::Result<()> {
+fn forward_hangups(reload: brokerd::ReloadHandle, tls: bool) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP received: configuration reload is not supported yet; still running"
-            );
+            if tls {
+                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files (reload of the rest of the configuration is not supported yet)");
+                reload.reload();
+            } else {
+                tracing::info!("SIGHUP received: nothing to reload (TLS is off; configuration reload is not supported yet); still running");
+            }
         }
     });
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn log_hangups() -> std::io::Result<()> {
+fn forward_hangups(_reload: brokerd::ReloadHandle, _tls: bool) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -1,20 +1,22 @@
 //! TLS (rustls, 1.2 and 1.3) over a TCP socket, driven by that socket's readiness like plain
-//! TCP, and the acceptor that holds the listener's server configuration.
+//! TCP, and the acceptor that holds the listener's current certificate.
 //! L1: tokio, rustls, `tls::certs` and `tls::identity`. Invariants: every buffer is rustls's own
 //! and bounded (16 KiB of received plaintext, 64 KiB of records to send); a TLS error becomes an
-//! error of the call that met it, never a panic.
+//! error of the call that met it, never a panic; a reload swaps the whole server configuration
+//! (one `Arc`) and leaves the connections that started with the old one as they are.
 
 mod certs;
 mod identity;
 
 use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::BytesMut;
 use rustls::{ServerConfig, ServerConnection};
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
+use tracing::{error, info};
 
 use super::{PeerIdentity, Transport};
 use crate::config::TlsConfig;
@@ -161,32 +163,42 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
-/// The TLS listener's server configuration.
+/// The TLS listener's server configuration, replaced whole by a reload.
 #[derive(Clone)]
 pub(crate) struct TlsAcceptor {
     inner: Arc<AcceptorInner>,
 }
 
 struct AcceptorInner {
+    files: certs::Files,
     use_identity_as_username: bool,
-    current: Arc<ServerConfig>,
+    /// Read once per accepted connection, written by a reload: a plain lock is enough.
+    current: RwLock<Arc<ServerConfig>>,
+    watch: Mutex<certs::Watch>,
 }
 
 impl TlsAcceptor {
     /// Loads the certificate, key and (for mutual TLS) CA files of `[tls]`.
     pub(crate) fn load(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         let files = certs::Files::from_config(config)?;
+        let watch = certs::Watch::new(&files);
         let current = certs::build(&files)?;
         Ok(TlsAcceptor {
             inner: Arc::new(AcceptorInner {
+                files,
                 use_identity_as_username: config.use_identity_as_username,
-                current,
+                current: RwLock::new(current),
+                watch: Mutex::new(watch),
             }),
         })
     }
 
     fn current(&self) -> Arc<ServerConfig> {
-        self.inner.current.clone()
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs the server side of the handshake (the caller bounds it in time). Returns the
@@ -227,5 +239,53 @@ impl TlsAcceptor {
             .use_identity_as_username
             .then(|| identity::from_certificates(conn.peer_certificates()));
         Ok((Tls { tcp, conn }, identity))
+    }
+
+    /// Builds a new configuration from the files and swaps it in; on failure logs an error
+    /// naming the file and keeps the current one. `trigger` says why, for the log.
+    pub(crate) fn reload(&self, trigger: &'static str) {
+        self.inner
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_loaded(&self.inner.files);
+        self.rebuild(trigger);
+    }
+
+    /// Reloads when a file changed and has then stayed the same for one more call (so a file
+    /// still being written, or a certificate whose key is not written yet, is not loaded
+    /// half-way). Called every second.
+    pub(crate) fn reload_if_changed(&self) {
+        let settled = self
+            .inner
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .poll(&self.inner.files);
+        if settled {
+            self.rebuild("file change");
+        }
+    }
+
+    fn rebuild(&self, trigger: &'static str) {
+        match certs::build(&self.inner.files) {
+            Ok(config) => {
+                *self
+                    .inner
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = config;
+                info!(
+                    trigger,
+                    cert_file = %self.inner.files.cert.display(),
+                    "tls: certificate reloaded; new connections use it"
+                );
+            }
+            Err(e) => error!(
+                trigger,
+                error = %e,
+                "tls: reload failed; the previous certificate stays in use"
+            ),
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The TLS listener's files: reading the PEM certificate chain, private key and client CA, and
-//! building a rustls server configuration from them.
+//! The TLS listener's files: reading the PEM certificate chain, private key and client CA,
+//! building a rustls server configuration from them, and noticing when they change.
 //! L1: rustls and std::fs. Invariants: a configuration is built whole or not at all (a key
 //! that does not belong to its certificate is refused here, not at the first handshake); every
 //! error names the key and the file; files are read with a size bound.
@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::{self, PemObject};
@@ -86,6 +87,13 @@ impl Files {
             (_, false) => None,
         };
         Ok(Files { cert, key, ca })
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [Some(&self.cert), Some(&self.key), self.ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
     }
 
     fn config_error(&self, error: rustls::Error) -> TlsError {
@@ -203,4 +211,101 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             error,
         },
     })
+}
+
+/// What identifies a version of a file without reading it: size, modification time, inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+fn stamps(files: &Files) -> Vec<Option<Stamp>> {
+    files.paths().map(stamp).collect()
+}
+
+/// Change detection for the files: what was last loaded (or tried) and what the last poll saw.
+#[derive(Debug)]
+pub(super) struct Watch {
+    loaded: Vec<Option<Stamp>>,
+    seen: Vec<Option<Stamp>>,
+}
+
+impl Watch {
+    /// Call before the first `build`: a file that changes while it is read is seen as changed.
+    pub(super) fn new(files: &Files) -> Watch {
+        let now = stamps(files);
+        Watch {
+            loaded: now.clone(),
+            seen: now,
+        }
+    }
+
+    /// Records the files' current versions as loaded (a reload is about to read them).
+    pub(super) fn mark_loaded(&mut self, files: &Files) {
+        self.loaded = stamps(files);
+        self.seen = self.loaded.clone();
+    }
+
+    /// Whether the files differ from what was loaded and have not changed since the previous
+    /// poll; if so they are recorded as loaded, so a bad file is reported once, not every poll.
+    pub(super) fn poll(&mut self, files: &Files) -> bool {
+        let now = stamps(files);
+        let settled = now != self.loaded && now == self.seen;
+        self.seen = now;
+        if settled {
+            self.loaded = self.seen.clone();
+        }
+        settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Files {
+        Files {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+            ca: None,
+        }
+    }
+
+    /// issue #9 item 3: a changed file is reported once it has stayed the same for one more
+    /// poll, and only once; a reload request marks the current files as loaded.
+    #[test]
+    fn a_change_is_reported_once_it_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        std::fs::write(&f.cert, "one").unwrap();
+        std::fs::write(&f.key, "key").unwrap();
+        let mut watch = Watch::new(&f);
+        assert!(!watch.poll(&f), "nothing changed");
+        std::fs::write(&f.cert, "two, longer").unwrap();
+        assert!(!watch.poll(&f), "just changed: not settled yet");
+        assert!(watch.poll(&f), "settled");
+        assert!(!watch.poll(&f), "already reported");
+        // A file that disappears is a change too (its reload then fails and is logged).
+        std::fs::remove_file(&f.key).unwrap();
+        assert!(!watch.poll(&f));
+        assert!(watch.poll(&f));
+        std::fs::write(&f.key, "key").unwrap();
+        watch.mark_loaded(&f);
+        assert!(!watch.poll(&f) && !watch.poll(&f), "loaded by request");
+    }
 }
