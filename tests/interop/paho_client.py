@@ -17,6 +17,9 @@ Subcommands (every wait is bounded by --timeout; output lines are flushed at onc
         minus the publish time the payload carries, a time.time() value); pub prints
         "PUBACK after <s> s". Exit 1 if an acknowledgement or --count messages miss --timeout,
         or a wait exceeds --max-latency seconds.
+
+With --cafile (and --certfile/--keyfile for a client certificate) every subcommand connects
+over TLS (paho's tls_set), to the TLS listener given by --port.
 """
 
 import argparse
@@ -39,12 +42,15 @@ def out(line):
 
 
 def make_client(args, client_id, clean_session=True):
-    return mqtt.Client(
+    client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
     )
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
+    return client
 
 
 def connect(client, args):
@@ -216,6 +222,9 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--client-id", default="")
+    p.add_argument("--cafile", help="connect over TLS, trusting this CA (PEM)")
+    p.add_argument("--certfile", help="TLS client certificate (PEM), with --cafile")
+    p.add_argument("--keyfile", help="TLS client key (PEM), with --cafile")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("pub")
