@@ -110,7 +110,14 @@ impl<T: Transport> Io<T> {
                         return Ok(Fill::Budget);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Drained),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing came (a wake-up with no data, as after a read that emptied the
+                    // socket): an idle connection keeps no read buffer.
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
+                    return Ok(Fill::Drained);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -184,7 +191,7 @@ mod tests {
 
     /// A transport that, like TLS, takes bytes into its own buffer (8 at a time) and puts them
     /// on its "socket" only as `ready` makes room (16 bytes per call). Reads return at most
-    /// `read_chunk` bytes of `reads`, then the end of the stream.
+    /// `read_chunk` bytes of `reads`, then the end of the stream if `eof`, else `WouldBlock`.
     #[derive(Default)]
     struct Buffering {
         held: Vec<u8>,
@@ -192,6 +199,7 @@ mod tests {
         room: AtomicUsize,
         reads: Mutex<Vec<u8>>,
         read_chunk: usize,
+        eof: bool,
     }
 
     impl Transport for Buffering {
@@ -203,7 +211,11 @@ mod tests {
         fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
             let mut reads = self.reads.lock().unwrap();
             if reads.is_empty() {
-                return Ok(0);
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
             }
             let n = reads.len().min(self.read_chunk);
             buf.extend_from_slice(&reads[..n]);
@@ -259,6 +271,7 @@ mod tests {
     async fn packets_split_over_reads_then_the_end() {
         let t = Buffering {
             read_chunk: 3,
+            eof: true,
             ..Buffering::default()
         };
         *t.reads.lock().unwrap() = vec![0xc0, 0x00, 0xc0, 0x00];
@@ -274,6 +287,7 @@ mod tests {
     async fn packets_read_together_with_the_end_are_not_lost() {
         let t = Buffering {
             read_chunk: READ_CHUNK,
+            eof: true,
             ..Buffering::default()
         };
         // A full chunk (so the fill reads again and meets the end) of PINGREQs.
@@ -284,5 +298,26 @@ mod tests {
             assert!(matches!(p, Ok(Some(Packet::PingReq))), "packet {i}: {p:?}");
         }
         assert!(matches!(io.read_packet().await, Ok(None)));
+    }
+
+    /// issue #9 item 3 (idle footprint): a wake-up that finds no data (readiness left over
+    /// from a read that emptied the socket) leaves no read buffer behind.
+    #[test]
+    fn a_wake_up_without_data_keeps_no_read_buffer() {
+        let t = Buffering {
+            read_chunk: 64,
+            ..Buffering::default()
+        };
+        *t.reads.lock().unwrap() = vec![0xc0, 0x00];
+        let mut io = Io::new(t, 1024);
+        assert_eq!(io.try_fill().unwrap(), Fill::Drained);
+        assert!(matches!(io.next_buffered(), Ok(Some(Packet::PingReq))));
+        assert_eq!(io.rbuf.capacity(), 0, "released once consumed");
+        assert_eq!(io.try_fill().unwrap(), Fill::Drained);
+        assert_eq!(
+            io.rbuf.capacity(),
+            0,
+            "kept after a read that found nothing"
+        );
     }
 }
