@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{connect, ConnContext};
 use crate::transport::{HandshakeError, PeerIdentity, Tcp, TlsAcceptor, Transport};
@@ -50,6 +50,11 @@ pub(crate) async fn run_tls_connection(
         // One line per failed handshake, never per record.
         Ok(Err(HandshakeError::Tls(e))) => {
             warn!(error = %e, "TLS handshake failed: closed");
+            return;
+        }
+        // Like a plain connection closed before CONNECT.
+        Ok(Err(HandshakeError::Silent)) => {
+            debug!("closed before the TLS handshake");
             return;
         }
         Ok(Err(e)) => {

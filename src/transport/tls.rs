@@ -30,6 +30,8 @@ pub(crate) struct Tls {
     tcp: TcpStream,
     /// Boxed: a `ServerConnection` is large, and only TLS connections pay for it.
     conn: Box<ServerConnection>,
+    /// Decrypted bytes rustls holds that were not read yet.
+    plaintext: usize,
 }
 
 /// The socket as the `Read`/`Write` rustls expects, without waiting: `WouldBlock` passes
@@ -69,26 +71,43 @@ fn flush_records(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()>
     Ok(())
 }
 
-/// Handles the records read so far. On a TLS error the alert rustls queued is sent (best
-/// effort, without waiting) so the peer learns why.
-fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> Result<(), rustls::Error> {
-    if let Err(e) = conn.process_new_packets() {
-        let _ = flush_records(conn, tcp);
-        return Err(e);
+/// Handles the records read so far; returns how many decrypted bytes rustls now holds. On a TLS
+/// error the alert rustls queued is sent (best effort, without waiting) so the peer learns why.
+fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> Result<usize, rustls::Error> {
+    match conn.process_new_packets() {
+        Ok(state) => Ok(state.plaintext_bytes_to_read()),
+        Err(e) => {
+            let _ = flush_records(conn, tcp);
+            Err(e)
+        }
     }
-    Ok(())
 }
 
-/// Moves decrypted bytes into the spare capacity of `buf`.
-fn read_plaintext(conn: &mut ServerConnection, buf: &mut BytesMut) -> io::Result<usize> {
+/// Moves up to `available` decrypted bytes into the spare capacity of `buf`. With none
+/// available, rustls says why: `WouldBlock` (it needs records), `Ok(0)` (close_notify) or
+/// `UnexpectedEof` (TCP closed without it).
+fn read_plaintext(
+    conn: &mut ServerConnection,
+    buf: &mut BytesMut,
+    available: usize,
+) -> io::Result<usize> {
+    if available == 0 {
+        // A one-byte probe: had the count been short, the byte is kept, not lost.
+        let mut probe = [0u8; 1];
+        let n = conn.reader().read(&mut probe)?;
+        buf.extend_from_slice(&probe[..n]);
+        return Ok(n);
+    }
     if buf.capacity() == buf.len() {
         buf.reserve(MAX_PLAINTEXT_READ);
     }
     let start = buf.len();
-    let end = start + (buf.capacity() - start).min(MAX_PLAINTEXT_READ);
-    // Zero-filled rather than read into uninitialised memory: no unsafe code, and the copy is
-    // small next to the decryption that produced the bytes.
-    buf.resize(end, 0);
+    let len = (buf.capacity() - start)
+        .min(available)
+        .min(MAX_PLAINTEXT_READ);
+    // Zero-filled rather than read into uninitialised memory: no unsafe code, and only as many
+    // bytes as are there to read.
+    buf.resize(start + len, 0);
     let r = conn.reader().read(&mut buf[start..]);
     buf.truncate(start + r.as_ref().map_or(0, |n| *n));
     r
@@ -108,17 +127,21 @@ impl Transport for Tls {
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            match read_plaintext(&mut self.conn, buf) {
+            match read_plaintext(&mut self.conn, buf, self.plaintext) {
+                Ok(n) => {
+                    self.plaintext = self.plaintext.saturating_sub(n);
+                    return Ok(n);
+                }
                 // rustls needs more records from the socket.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // TCP closed without close_notify: the end of the stream, as for plain TCP (the
                 // session decides whether it cut a packet; MQTT has its own DISCONNECT).
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                other => return other,
+                Err(e) => return Err(e),
             }
             // At EOF (`Ok(0)`) the reader reports it on the next turn.
             self.conn.read_tls(&mut Sock(&self.tcp))?;
-            process(&mut self.conn, &self.tcp)
+            self.plaintext = process(&mut self.conn, &self.tcp)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
     }
@@ -155,6 +178,9 @@ pub(crate) enum HandshakeError {
     Io(io::Error),
     #[error("connection closed during the TLS handshake")]
     Eof,
+    /// Closed before sending anything (a port probe or a health check).
+    #[error("connection closed before the TLS handshake")]
+    Silent,
 }
 
 impl From<io::Error> for HandshakeError {
@@ -209,6 +235,7 @@ impl TlsAcceptor {
     ) -> Result<(Tls, Option<PeerIdentity>), HandshakeError> {
         let mut conn =
             Box::new(ServerConnection::new(self.current()).map_err(HandshakeError::Tls)?);
+        let (mut received, mut plaintext) = (false, 0);
         loop {
             // Handshake messages first (at the end: the last flight, TLS 1.3 tickets).
             while conn.wants_write() {
@@ -225,8 +252,13 @@ impl TlsAcceptor {
                 break;
             }
             match conn.read_tls(&mut Sock(&tcp)) {
-                Ok(0) => return Err(HandshakeError::Eof),
-                Ok(_) => process(&mut conn, &tcp).map_err(HandshakeError::Tls)?,
+                Ok(0) if received => return Err(HandshakeError::Eof),
+                Ok(0) => return Err(HandshakeError::Silent),
+                Ok(_) => {
+                    received = true;
+                    // Application data may come with the client's last flight (its CONNECT).
+                    plaintext = process(&mut conn, &tcp).map_err(HandshakeError::Tls)?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tcp.ready(Interest::READABLE).await?;
                 }
@@ -238,7 +270,14 @@ impl TlsAcceptor {
             .inner
             .use_identity_as_username
             .then(|| identity::from_certificates(conn.peer_certificates()));
-        Ok((Tls { tcp, conn }, identity))
+        Ok((
+            Tls {
+                tcp,
+                conn,
+                plaintext,
+            },
+            identity,
+        ))
     }
 
     /// Builds a new configuration from the files and swaps it in; on failure logs an error
