@@ -43,7 +43,11 @@ pub(crate) struct Io<T> {
     pub(crate) transport: T,
     rbuf: BytesMut,
     pub(crate) wbuf: BytesMut,
-    max_packet_size: usize,
+    /// At most `PROTOCOL_MAX_PACKET_SIZE`; a u32 so that `drained` adds nothing to the size.
+    max_packet_size: u32,
+    /// The last read met `WouldBlock`: nothing more arrives before the next readiness event, so
+    /// an empty read buffer can be given back (an idle connection holds none).
+    drained: bool,
 }
 
 impl<T: Transport> Io<T> {
@@ -52,7 +56,8 @@ impl<T: Transport> Io<T> {
             transport,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            max_packet_size,
+            max_packet_size: u32::try_from(max_packet_size).unwrap_or(u32::MAX),
+            drained: false,
         }
     }
 
@@ -61,9 +66,10 @@ impl<T: Transport> Io<T> {
         if self.rbuf.is_empty() {
             return Ok(None);
         }
-        let p = decode(&mut self.rbuf, self.max_packet_size);
-        if self.rbuf.is_empty() {
-            // Release the buffer: an idle connection should cost as little as possible.
+        let p = decode(&mut self.rbuf, self.max_packet_size as usize);
+        if self.rbuf.is_empty() && self.drained {
+            // Release the buffer: an idle connection should cost as little as possible. (Not
+            // before the socket is drained: the next read would allocate it again.)
             self.rbuf = BytesMut::new();
         }
         p
@@ -101,6 +107,7 @@ impl<T: Transport> Io<T> {
             match self.transport.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
+                    self.drained = false;
                     // A full chunk suggests more is waiting; keep reading up to the budget
                     // (a bigger packet completes over several turns).
                     if n < READ_CHUNK {
@@ -111,8 +118,9 @@ impl<T: Transport> Io<T> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Nothing came (a wake-up with no data, as after a read that emptied the
-                    // socket): an idle connection keeps no read buffer.
+                    // Drained (often a wake-up left over from a short read, which does not
+                    // clear readiness): an idle connection keeps no read buffer.
+                    self.drained = true;
                     if self.rbuf.is_empty() {
                         self.rbuf = BytesMut::new();
                     }
@@ -175,7 +183,8 @@ impl<T> Io<T> {
     /// Whether `next_buffered` would do something now: a whole packet is buffered, or what is
     /// buffered is already refused. Reads the fixed header only.
     pub(crate) fn has_complete_packet(&self) -> bool {
-        !self.rbuf.is_empty() && !matches!(frame(&self.rbuf, self.max_packet_size), Ok(None))
+        !self.rbuf.is_empty()
+            && !matches!(frame(&self.rbuf, self.max_packet_size as usize), Ok(None))
     }
 }
 
@@ -312,12 +321,24 @@ mod tests {
         let mut io = Io::new(t, 1024);
         assert_eq!(io.try_fill().unwrap(), Fill::Drained);
         assert!(matches!(io.next_buffered(), Ok(Some(Packet::PingReq))));
-        assert_eq!(io.rbuf.capacity(), 0, "released once consumed");
+        // The socket may hold more (the read was short, readiness stays set): kept for now.
         assert_eq!(io.try_fill().unwrap(), Fill::Drained);
         assert_eq!(
             io.rbuf.capacity(),
             0,
-            "kept after a read that found nothing"
+            "given back by the read that found nothing"
+        );
+        // Data, then the end of what is available, in one fill: given back once consumed.
+        io.transport.read_chunk = READ_CHUNK;
+        *io.transport.reads.lock().unwrap() = [0xc0, 0x00].repeat(READ_CHUNK / 2);
+        assert_eq!(io.try_fill().unwrap(), Fill::Drained);
+        for _ in 0..READ_CHUNK / 2 {
+            assert!(matches!(io.next_buffered(), Ok(Some(Packet::PingReq))));
+        }
+        assert_eq!(
+            io.rbuf.capacity(),
+            0,
+            "given back once consumed after a drained read"
         );
     }
 }
