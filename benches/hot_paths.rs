@@ -2,7 +2,7 @@
 //! subscriptions, packet decode/encode, and routing one publish to 1 and 1,000 subscribers.
 //! Run: `cargo bench --bench hot_paths` (add `-- --quick` for a short run).
 
-use brokerd::bench_api::{decode_all, encode_publish, Router, Topic, Trie};
+use brokerd::bench_api::{decode_all, encode_publish, Acl, Router, Topic, Trie};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -89,11 +89,23 @@ fn routing(c: &mut Criterion) {
     let mut p = BytesMut::new();
     p.put_bytes(7, 64);
     let payload: Bytes = p.freeze();
-    for subs in [1usize, 1000] {
+    // The defaults (with the global budget of queued bytes), and without that budget: the
+    // difference is what its per-message accounting costs.
+    let variants = [
+        (1usize, ""),
+        (1, "_budget_off"),
+        (1000, ""),
+        (1000, "_budget_off"),
+    ];
+    for (subs, variant) in variants {
         // Queues sized so a round of 100 publishes never hits the bound.
-        let router = Router::new(subs, "site/+/dev/+/temp", 128);
+        let router = if variant.is_empty() {
+            Router::new(subs, "site/+/dev/+/temp", 128)
+        } else {
+            Router::with_budget(subs, "site/+/dev/+/temp", 128, 0)
+        };
         g.throughput(Throughput::Elements(subs as u64));
-        g.bench_function(format!("to_{subs}_subscribers"), |b| {
+        g.bench_function(format!("to_{subs}_subscribers{variant}"), |b| {
             b.iter_custom(|iters| {
                 let mut total = std::time::Duration::ZERO;
                 let mut left = iters;
@@ -114,5 +126,37 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, trie_match, codec, routing);
+/// The read check one delivery makes when an `acl_file` is set (issue #9 item 2).
+fn acl_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("acl_may_read");
+    let topic = Topic::new("site/42/dev/512/temp");
+    let typical = Acl::new(
+        "user app\ntopic deny site/+/admin/#\ntopic read site/#\npattern readwrite dev/%c/#\n",
+        "client-1",
+        Some("app"),
+    );
+    g.bench_function("typical_3_rules", |b| {
+        b.iter(|| assert!(typical.may_read(black_box(&topic))))
+    });
+    // 100 users with 10 rules each; the client's section is the last, its grant its last rule,
+    // then 20 patterns: the whole walk for a topic granted by a pattern.
+    let mut text = String::new();
+    for u in 0..100 {
+        text.push_str(&format!("user u{u}\n"));
+        for r in 0..10 {
+            text.push_str(&format!("topic read area{r}/+/x{u}/#\n"));
+        }
+    }
+    for p in 0..19 {
+        text.push_str(&format!("pattern read p{p}/%u/%c/#\n"));
+    }
+    text.push_str("pattern read site/+/dev/+/%c\n");
+    let big = Acl::new(&text, "temp", Some("u99"));
+    g.bench_function("section_10_rules_then_20_patterns", |b| {
+        b.iter(|| assert!(big.may_read(black_box(&topic))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, trie_match, codec, routing, acl_check);
 criterion_main!(benches);

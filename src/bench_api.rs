@@ -49,6 +49,21 @@ impl Trie {
     }
 }
 
+/// One client's view of an ACL file (the check a delivery makes when `acl_file` is set).
+pub struct Acl(crate::auth::ClientAcl);
+
+impl Acl {
+    /// Panics on an invalid ACL file (benchmark setup only).
+    pub fn new(text: &str, client_id: &str, username: Option<&str>) -> Acl {
+        let (acl, _) = crate::auth::acl::Acl::parse(text).expect("valid ACL");
+        Acl(Arc::new(acl).for_client(&client_id.into(), username))
+    }
+
+    pub fn may_read(&self, topic: &Topic) -> bool {
+        self.0.may_read(&topic.0)
+    }
+}
+
 /// Decodes every packet in `buf`; returns how many, or panics on a malformed one.
 pub fn decode_all(buf: &mut BytesMut, max_packet_size: usize) -> usize {
     let mut n = 0;
@@ -76,8 +91,19 @@ impl Router {
     /// `n` sessions subscribed to `filter` at QoS 0 with queues large enough for `per_round`
     /// messages each.
     pub fn new(n: usize, filter: &str, per_round: usize) -> Router {
+        Router::with_budget(
+            n,
+            filter,
+            per_round,
+            Config::default().limits.max_queued_bytes_total,
+        )
+    }
+
+    /// Like `new`, with `limits.max_queued_bytes_total` set (0 = no global budget).
+    pub fn with_budget(n: usize, filter: &str, per_round: usize, budget: usize) -> Router {
         let mut config = Config::default();
         config.limits.max_queued_messages = per_round.max(1);
+        config.limits.max_queued_bytes_total = budget;
         let broker = Broker::new(&config, Store::disabled());
         let f = TopicFilter::parse(filter).expect("valid filter");
         let mut sessions = Vec::with_capacity(n);
@@ -107,11 +133,11 @@ impl Router {
 
     /// Empties every session queue (outside the measured work, between rounds).
     pub fn drain(&self) -> usize {
-        let limits = *self.broker.limits();
+        let limits = self.broker.limits();
         let mut n = 0;
         for s in &self.sessions {
             let mut st = s.lock();
-            while st.out.next(&limits).is_some() {
+            while st.out.next(limits).is_some() {
                 n += 1;
             }
         }

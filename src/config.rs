@@ -63,6 +63,16 @@ pub struct LimitsConfig {
     pub max_packet_size: usize,
     pub connect_timeout_ms: u64,
     pub max_keepalive_s: u16,
+    // Limits under attack (src/limits/, broker::budget); a limit of 0 is off.
+    pub max_connections_per_ip: usize,
+    pub max_accept_rate_per_ip: u64,
+    pub accept_burst_per_ip: u64,
+    pub max_accept_rate: u64,
+    pub accept_burst: u64,
+    pub max_publish_rate: u64,
+    pub max_publish_bytes_rate: u64,
+    pub max_queued_bytes_total: usize,
+    pub max_conn_log_lines_per_s: u32,
 }
 
 /// `[session]`: session behaviour where the standard leaves a choice.
@@ -75,14 +85,31 @@ pub struct SessionConfig {
     pub expiry_s: u64,
 }
 
-/// `[auth]`: who may connect.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[auth]`: who may connect and what they may touch (see src/auth/).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    pub allow_anonymous: bool,
-    /// Optional file of `username:password` lines; when set, a client that sends a username
-    /// must match a line.
+    /// Allow clients without a username. Not written (None): allowed only while every
+    /// listener is on a loopback address (Mosquitto 2's rule), so "absent" differs from "true".
+    pub allow_anonymous: Option<bool>,
+    /// Optional Mosquitto password file; when set, a client that sends a username must match.
     pub password_file: Option<PathBuf>,
+    /// How the password file's lines are read: only hashes, or plain text too.
+    pub password_format: PasswordFormat,
+    /// Optional Mosquitto ACL file; when set, every publish, subscription and delivery is
+    /// checked against it.
+    pub acl_file: Option<PathBuf>,
+}
+
+/// `[auth] password_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordFormat {
+    /// Mosquitto's hashes only (`$6$`, `$7$`, `$argon2id$`); anything else is refused.
+    #[default]
+    Hashed,
+    /// Lines that are not hashes are plain-text passwords (logged as a warning at start).
+    Plaintext,
 }
 
 /// When persisted state is flushed to disk before it is acknowledged.
@@ -178,15 +205,15 @@ impl Default for LimitsConfig {
             max_packet_size: 1_048_576,
             connect_timeout_ms: 10_000,
             max_keepalive_s: 65_535,
-        }
-    }
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            allow_anonymous: true,
-            password_file: None,
+            max_connections_per_ip: 0,
+            max_accept_rate_per_ip: 1_000,
+            accept_burst_per_ip: 10_000,
+            max_accept_rate: 0,
+            accept_burst: 10_000,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_queued_bytes_total: 1 << 30,
+            max_conn_log_lines_per_s: 100,
         }
     }
 }
@@ -284,6 +311,20 @@ impl Config {
         if l.max_keepalive_s == 0 {
             bad("limits.max_keepalive_s", "must be 1..=65535");
         }
+        if l.accept_burst_per_ip == 0 {
+            bad("limits.accept_burst_per_ip", "must be at least 1");
+        }
+        if l.accept_burst == 0 {
+            bad("limits.accept_burst", "must be at least 1");
+        }
+        if self.auth.password_format == PasswordFormat::Plaintext
+            && self.auth.password_file.is_none()
+        {
+            bad(
+                "auth.password_format",
+                "\"plaintext\" needs auth.password_file",
+            );
+        }
         if self.persistence.enabled && self.persistence.path.as_os_str().is_empty() {
             bad("persistence.path", "must not be empty");
         }
@@ -326,6 +367,12 @@ impl Config {
             .bind
             .parse()
             .expect("validate() checked listener.bind")
+    }
+
+    /// Every address an MQTT listener binds (each listener kind adds its own), for rules over
+    /// all of them such as the anonymous rule of `[auth]`.
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.bind_addr()]
     }
 }
 

@@ -7,11 +7,13 @@
 //! | layer | modules | owns |
 //! |---|---|---|
 //! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
+//! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
-//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues |
-//! | L3 | `session` | one connection: CONNECT, the session loop, keep-alive, will, takeover |
+//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
+//! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loop and the connection limit |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
@@ -38,11 +40,13 @@
 //! connection's `pending_acks` until the writer reports that state durable
 //! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 mod broker;
 pub mod config;
 mod error;
+mod limits;
 mod message;
 mod protocol;
 mod server;
@@ -66,6 +70,9 @@ pub use config::{Config, ConfigError};
 /// How often keep-alive deadlines are checked: a silent client is closed between 1.5 x its
 /// keep-alive and that plus this period.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// How often folded connection log lines are summarized (see `limits::log_fold`).
+const LOG_FOLD_SUMMARY: Duration = Duration::from_secs(1);
 
 /// How often the TLS certificate, key and CA files are checked for changes (size, modification
 /// time, inode); a change is loaded once it has stayed the same for one more check.
@@ -101,7 +108,8 @@ pub struct Listening {
 }
 
 /// Asks a running broker to reload what it can without a restart: today the TLS certificate,
-/// key and CA files. Clone it into a signal handler (SIGHUP) and call `reload`.
+/// key and CA files (the password and ACL files are read at start-up only). Clone it into a
+/// signal handler (SIGHUP) and call `reload`.
 #[derive(Debug, Clone)]
 pub struct ReloadHandle(Arc<tokio::sync::watch::Sender<u64>>);
 
@@ -127,12 +135,12 @@ impl ReloadHandle {
 }
 
 /// Checks what `run` loads besides the configuration file, without starting anything: the
-/// password file (loaded exactly as `run` loads it), the TLS certificate, key and CA files when
-/// `[tls]` is enabled, and, with persistence on, that the data directory is usable (see
-/// `store::data_dir::check`). Opens no database and takes no lock, so it also passes while a
-/// broker runs on the same directory.
+/// password and ACL files (loaded exactly as `run` loads them), the TLS certificate, key and CA
+/// files when `[tls]` is enabled, and, with persistence on, that the data directory is usable
+/// (see `store::data_dir::check`). Opens no database and takes no lock, so it also passes while
+/// a broker runs on the same directory.
 pub fn check(config: &Config) -> Result<(), Error> {
-    session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    load_auth(config)?;
     if config.tls.enabled {
         transport::TlsAcceptor::load(&config.tls).map_err(|e| Error::Tls(e.to_string()))?;
     }
@@ -141,6 +149,32 @@ pub fn check(config: &Config) -> Result<(), Error> {
             .map_err(|e| Error::Store(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Loads the password and ACL files `config` names.
+fn load_auth(config: &Config) -> Result<auth::Auth, Error> {
+    auth::Auth::load(&config.auth, &config.listener_addrs()).map_err(|e| Error::Auth(e.to_string()))
+}
+
+/// One line saying whether anonymous clients are accepted and why (Mosquitto 2's rule over
+/// every listener address; see `[auth] allow_anonymous`).
+pub fn anonymous_rule(config: &Config) -> String {
+    auth::Anonymous::decide(config.auth.allow_anonymous, &config.listener_addrs()).to_string()
+}
+
+/// `brokerd passwd`: sets `user`'s password in the Mosquitto password file at `path` (created
+/// with mode 0600 if missing) to a new `$7$` entry with `iterations` (default 210,000); other
+/// lines are kept. Returns whether the user was added (false: replaced).
+pub fn set_password(
+    path: &std::path::Path,
+    user: &str,
+    password: &[u8],
+    iterations: Option<u32>,
+) -> Result<bool, Error> {
+    let iterations = iterations.unwrap_or(auth::passwd::NEW_ITERATIONS);
+    auth::passwd::write_entry(path, user, password, iterations)
+        .map(|w| w == auth::passwd::Written::Added)
+        .map_err(|e| Error::Auth(e.to_string()))
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
@@ -154,7 +188,8 @@ pub async fn run(
     reload: ReloadHandle,
     ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
-    let auth = session::Auth::load(&config.auth).map_err(|e| Error::Auth(e.to_string()))?;
+    let auth = load_auth(&config)?;
+    log_auth(&auth);
     let tls = if config.tls.enabled {
         let acceptor = transport::TlsAcceptor::load(&config.tls);
         Some(acceptor.map_err(|e| Error::Tls(e.to_string()))?)
@@ -192,10 +227,11 @@ pub async fn run(
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
-        auth,
+        authorizer: session::Authorizer::new(auth),
         max_packet_size: config.limits.max_packet_size,
         connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
         max_keepalive_s: config.limits.max_keepalive_s,
+        limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
     });
     let token = CancellationToken::new();
@@ -214,6 +250,22 @@ pub async fn run(
             }
         });
     }
+    {
+        // Connection log lines folded above limits.max_conn_log_lines_per_s (from every
+        // listener, the TLS handshakes and the logins) are summarized once a second, here
+        // rather than in an accept loop, so that two listeners still make one summary line.
+        let (ctx, closing) = (ctx.clone(), closing.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(LOG_FOLD_SUMMARY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => ctx.limits.log.flush(),
+                }
+            }
+        });
+    }
     if config.session.expiry_s > 0 {
         let (broker, token) = (broker.clone(), token.clone());
         let max_age = Duration::from_secs(config.session.expiry_s);
@@ -228,7 +280,9 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
-    let limit = server::ConnectionLimit::new(config.limits.max_connections);
+    // One admission for both listeners: max_connections, the accept rates and the connections
+    // per source address count plain and TLS connections together.
+    let admission = server::Admission::new(&config.limits);
     let tls_local = match tls_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
@@ -237,7 +291,7 @@ pub async fn run(
                 listener,
                 server::Kind::Tls(acceptor),
                 ctx.clone(),
-                limit.clone(),
+                admission.clone(),
                 closing.clone(),
                 token.clone(),
                 tracker.clone(),
@@ -254,8 +308,8 @@ pub async fn run(
     let accept = server::accept_loop(
         listener,
         server::Kind::Plain,
-        ctx,
-        limit,
+        ctx.clone(),
+        admission,
         closing.clone(),
         token.clone(),
         tracker.clone(),
@@ -279,6 +333,7 @@ pub async fn run(
             "connections still closing after listener.shutdown_grace_ms; exiting anyway"
         );
     }
+    ctx.limits.log_summary();
     // The writer thread flushes what is pending; join it off the async workers. A store that
     // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
     let closed = tokio::task::spawn_blocking(move || store.close(grace))
@@ -321,6 +376,16 @@ fn spawn_tls_reloader(
             }
         }
     });
+}
+
+/// The start-up line that says whether anonymous clients are accepted, and why.
+fn log_auth(auth: &auth::Auth) {
+    let rule = auth.anonymous();
+    if matches!(rule, auth::Anonymous::NotLoopback(_)) && !auth.has_password_file() {
+        warn!("{rule}; no password_file is set either: no client can connect");
+    } else {
+        info!("{rule}");
+    }
 }
 
 /// The start-up line that says where the broker listens and how it persists.
@@ -372,10 +437,13 @@ mod tests {
     #[test]
     fn every_cause_appears_once_in_the_printed_chain() {
         let missing = std::path::Path::new("/nonexistent-brokerd-test/file");
-        let auth = session::Auth::load(&config::AuthConfig {
-            allow_anonymous: true,
-            password_file: Some(missing.to_owned()),
-        })
+        let auth = auth::Auth::load(
+            &config::AuthConfig {
+                password_file: Some(missing.to_owned()),
+                ..config::AuthConfig::default()
+            },
+            &[],
+        )
         .expect_err("missing password file");
         let errors: Vec<(Box<dyn StdError>, String)> = vec![
             (

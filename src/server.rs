@@ -1,10 +1,13 @@
 //! The accept loops, one per listener. L4: hands each accepted socket to the session layer in
 //! its own task. Invariants: at most `max_connections` connection tasks exist over all listeners
-//! (a permit of one shared semaphore moves into each task); a failing `accept` backs off instead
-//! of spinning; on shutdown no new connection is accepted.
+//! (a permit of one shared semaphore moves into each task); one accept gate (`limits::accept`),
+//! shared by every listener, refuses a source over its rate or connection limits by closing the
+//! socket at once, before any TLS handshake; a failing `accept` backs off instead of spinning;
+//! on shutdown no new connection is accepted.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, field, info_span, warn, Instrument};
 
+use crate::config::LimitsConfig;
+use crate::limits::accept::{AcceptGate, Admitted, Refusal};
+use crate::limits::log_fold::{folded, Kind as LogKind};
 use crate::session::{run_connection, run_tls_connection, ConnContext};
 use crate::transport::TlsAcceptor;
 
@@ -22,19 +28,36 @@ pub(crate) enum Kind {
     Tls(TlsAcceptor),
 }
 
-/// `limits.max_connections`, shared by every listener.
+/// The limits every listener shares, so that a client gains nothing by using both:
+/// `limits.max_connections` and the accept gate (accept rates, connections per source address).
 #[derive(Clone)]
-pub(crate) struct ConnectionLimit {
+pub(crate) struct Admission {
     permits: Arc<Semaphore>,
-    max: usize,
+    max_connections: usize,
+    /// Connections refused for `max_connections`, over all listeners (logged at powers of two).
+    refused: Arc<AtomicU64>,
+    /// One gate, one per-address table: a plain and a TLS connection from one address count
+    /// against the same `max_connections_per_ip` and the same rates. Locked only to decide
+    /// on one accepted socket, never across an await.
+    gate: Arc<Mutex<AcceptGate>>,
 }
 
-impl ConnectionLimit {
-    pub(crate) fn new(max: usize) -> ConnectionLimit {
-        ConnectionLimit {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
+impl Admission {
+    pub(crate) fn new(limits: &LimitsConfig) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            max_connections: limits.max_connections,
+            refused: Arc::new(AtomicU64::new(0)),
+            gate: Arc::new(Mutex::new(AcceptGate::new(limits))),
         }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
+        // A poisoned lock is recovered: the gate is plain data every call leaves consistent.
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(ip)
     }
 }
 
@@ -43,13 +66,12 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     kind: Kind,
     ctx: Arc<ConnContext>,
-    limit: ConnectionLimit,
+    admission: Admission,
     closing: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let max_connections = limit.max;
-    let refused = AtomicU64::new(0);
+    let max_connections = admission.max_connections;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -72,8 +94,26 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                let refused_total = ctx.limits.note_refused(why);
+                folded!(
+                    ctx.limits.log,
+                    LogKind::Refused,
+                    warn,
+                    %peer,
+                    limit = %why.key(),
+                    refused_total,
+                    "connection refused at accept: limit reached"
+                );
+                // Closed at once: nothing is read from it, no task is spawned for it.
+                drop(stream);
+                continue;
+            }
+        };
+        let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
+            let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
             }
@@ -90,8 +130,9 @@ pub(crate) async fn accept_loop(
                         // Called inside the task (not built outside and moved in): a future
                         // captured by value and then awaited would take its room twice in
                         // the task, which every idle connection keeps.
-                        run_connection(stream, ctx, token).await;
+                        run_connection(stream, peer, ctx, token).await;
                         drop(permit);
+                        drop(admitted);
                     }
                     .instrument(span),
                 );
@@ -101,8 +142,9 @@ pub(crate) async fn accept_loop(
                 let tls = tls.clone();
                 tracker.spawn(
                     async move {
-                        run_tls_connection(stream, tls, ctx, token).await;
+                        run_tls_connection(stream, peer, tls, ctx, token).await;
                         drop(permit);
+                        drop(admitted);
                     }
                     .instrument(span),
                 );

@@ -29,11 +29,17 @@ fn closed_without_connack(b: &BrokerProc, c: &RawConnect) {
     assert_eq!(raw.read_within(WAIT), RawRead::Closed, "{c:?}");
 }
 
-/// Starts a broker with a password file holding `lines`, plus `auth_extra` in `[auth]`.
+/// Starts a broker with a password file holding `lines` (mode 0600, as the broker requires
+/// since issue #9), plus `auth_extra` in `[auth]`.
 fn broker_with_passwords(lines: &str, auth_extra: &str) -> BrokerProc {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("passwd");
     std::fs::write(&path, lines).expect("write password file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let path = path.to_str().expect("utf-8 path").replace('\\', "\\\\");
     BrokerProc::start_in(
         dir,
@@ -223,13 +229,14 @@ fn anonymous_client_is_refused_with_0x05_when_anonymous_disallowed() {
     raw.expect_closed();
 }
 
-/// [MQTT-3.2.2-4, -5] with a password file: the right password is accepted; a wrong password,
-/// a missing password or an unknown user gets 0x05 and the connection closes.
+/// [MQTT-3.2.2-4, -5] with a password file (plain text, so `password_format = "plaintext"` since
+/// issue #9): the right password is accepted; a wrong password, a missing password or an
+/// unknown user gets 0x05 and the connection closes.
 #[test]
 fn password_file_accepts_right_password_and_refuses_others_with_0x05() {
     let b = broker_with_passwords(
         "# users\nalice:s3cret\nbob:other\n",
-        "allow_anonymous = false",
+        "allow_anonymous = false\npassword_format = \"plaintext\"",
     );
     let (mut raw, reply) = first_reply(
         &b,
@@ -261,7 +268,10 @@ fn password_file_accepts_right_password_and_refuses_others_with_0x05() {
 /// not as a Rust Option (`Some("alice")`); without a username the field is absent.
 #[test]
 fn refused_login_logs_the_plain_username() {
-    let b = broker_with_passwords("alice:s3cret\n", "allow_anonymous = false");
+    let b = broker_with_passwords(
+        "alice:s3cret\n",
+        "allow_anonymous = false\npassword_format = \"plaintext\"",
+    );
     let (mut raw, reply) = first_reply(
         &b,
         &RawConnect::new("log-user")
@@ -296,7 +306,10 @@ fn refused_login_logs_the_plain_username() {
 /// [MQTT-3.2.2-4, -5] a client refused with 0x05 never has its will published.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_clients_will_is_never_published() {
-    let b = broker_with_passwords("alice:s3cret\n", "allow_anonymous = false");
+    let b = broker_with_passwords(
+        "alice:s3cret\n",
+        "allow_anonymous = false\npassword_format = \"plaintext\"",
+    );
     let mut opts = options(b.addr, "watcher");
     opts.set_credentials("alice", "s3cret");
     let (mut watcher, _) = connect_with(opts).await;
@@ -324,7 +337,10 @@ async fn refused_clients_will_is_never_published() {
 /// holding a 0x00 byte, and (no password file, anonymous allowed) a password with 0xFF.
 #[test]
 fn passwords_are_compared_as_bytes() {
-    let b = broker_with_passwords("text:p@ss w0rd:x\nnul:a\0b\n", "allow_anonymous = false");
+    let b = broker_with_passwords(
+        "text:p@ss w0rd:x\nnul:a\0b\n",
+        "allow_anonymous = false\npassword_format = \"plaintext\"",
+    );
     let (mut raw, reply) = first_reply(
         &b,
         &RawConnect::new("t1")

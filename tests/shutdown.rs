@@ -360,7 +360,8 @@ fn check_config(dir: &Path, name: &str, toml: &str) -> (bool, String, String) {
 
 /// issue #8 item 5: `--check-config` loads the password file as the real start does: a missing
 /// file and a line without ':' are errors naming the file (and the OS error or the line), and
-/// the same config with a well-formed file is "ok".
+/// the same config with a well-formed file is "ok". (Since issue #9 the file must be mode 0600
+/// and hold hashes: the line before the bad one is a `mosquitto_passwd` entry.)
 #[test]
 fn check_config_refuses_a_missing_or_malformed_password_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -375,7 +376,10 @@ fn check_config_refuses_a_missing_or_malformed_password_file() {
     );
     assert!(err.contains("No such file or directory"), "stderr:\n{err}");
 
-    std::fs::write(&passwd, "alice:s3cret\nbob-without-colon\n").unwrap();
+    write_private(
+        &passwd,
+        &format!("alice:{ALICE_SECRET}\nbob-without-colon\n"),
+    );
     let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
     assert!(!ok, "malformed password file accepted; stdout {out}");
     assert!(
@@ -384,10 +388,23 @@ fn check_config_refuses_a_missing_or_malformed_password_file() {
     );
     assert!(err.contains("line 2"), "stderr:\n{err}");
 
-    std::fs::write(&passwd, "alice:s3cret\nbob:pw\n").unwrap();
+    write_private(&passwd, &format!("alice:{ALICE_SECRET}\n"));
     let (ok, out, err) = check_config(dir.path(), "auth.toml", &toml);
     assert!(ok, "stderr:\n{err}");
     assert!(out.contains("auth.toml: ok"), "stdout {out}");
+}
+
+/// `alice:secret` as `mosquitto_passwd -c -b FILE alice secret` (Debian 2.0.11) wrote it.
+const ALICE_SECRET: &str = "$7$101$mCaslsJP8VKS6dfw$8Yz8aeAaC8X5jgJG3Xa7qwyHPXAgGRUxiVTVNQigjw2W8G7zNPTIpgMCMqr23wb30De826ZEyu7EcuyqOu2qyw==";
+
+/// Writes `text` to `path` with mode 0600.
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 }
 
 /// issue #8 item 5: with `[persistence] enabled = true`, `--check-config` checks the data

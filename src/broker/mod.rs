@@ -3,6 +3,7 @@
 //! `Session` with a bounded queue. Invariant: `publish` is a sync fn that never waits on another
 //! client and takes no global lock: per-node trie locks, then one short lock per subscriber.
 
+pub(crate) mod budget;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod retained;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
 use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
 use crate::topic::{ClientId, TopicFilter, TopicName};
+use budget::QueueBudget;
 use queue::{Delivery, InflightState, QueueFull, QueueLimits};
 use registry::{ConnCtl, ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
@@ -33,6 +35,10 @@ pub(crate) struct Stats {
     pub(crate) published: AtomicU64,
     /// Deliveries refused because a subscriber's queue was full.
     pub(crate) dropped: AtomicU64,
+    /// The same, per bound that refused them (`QueueFull` order).
+    dropped_by: [AtomicU64; 4],
+    /// Seconds since `start` of the last "queued bytes budget" warning, to rate-limit it.
+    last_budget_warn_s: AtomicU64,
     /// Publishes dropped because the client may not publish there (e.g. `$SYS/...`).
     pub(crate) denied: AtomicU64,
     /// Seconds since `start` of the last "dropping" warning, to rate-limit it.
@@ -46,6 +52,9 @@ pub(crate) struct Attached {
     pub(crate) conn_id: u64,
     /// [MQTT-3.2.2-2, -3] a stored session was resumed.
     pub(crate) session_present: bool,
+    /// Attaching changed persisted state (a persistent session discarded or created): the
+    /// CONNACK reveals it.
+    pub(crate) stored: bool,
     /// How the broker wakes and signals this connection.
     pub(crate) ctl: Arc<ConnCtl>,
 }
@@ -57,6 +66,7 @@ pub(crate) struct Broker {
 }
 
 struct Inner {
+    /// Per-session bounds, and the global budget of queued bytes (`QueueLimits::budget`).
     limits: QueueLimits,
     queue_qos0_offline: bool,
     /// Per-node locks inside; see trie.rs.
@@ -85,6 +95,9 @@ impl Broker {
                     max_inflight: usize::from(config.limits.max_inflight),
                     max_queued_messages: config.limits.max_queued_messages,
                     max_queued_bytes: config.limits.max_queued_bytes,
+                    max_queued_bytes_total: config.limits.max_queued_bytes_total,
+                    budget: (config.limits.max_queued_bytes_total > 0)
+                        .then(|| Arc::new(QueueBudget::new(config.limits.max_queued_bytes_total))),
                 },
                 queue_qos0_offline: config.session.queue_qos0_messages,
                 subs: SubscriptionTrie::new(),
@@ -111,6 +124,10 @@ impl Broker {
             retained = inner.retained.len(),
             published = inner.stats.published.load(Ordering::Relaxed),
             dropped = inner.stats.dropped.load(Ordering::Relaxed),
+            dropped_max_queued_messages = inner.stats.dropped_by[0].load(Ordering::Relaxed),
+            dropped_max_queued_bytes = inner.stats.dropped_by[1].load(Ordering::Relaxed),
+            dropped_over_fair_share = inner.stats.dropped_by[2].load(Ordering::Relaxed),
+            dropped_max_queued_bytes_total = inner.stats.dropped_by[3].load(Ordering::Relaxed),
             denied = inner.stats.denied.load(Ordering::Relaxed),
             "broker stopped"
         );
@@ -137,6 +154,7 @@ impl Broker {
         keep_alive: Option<Duration>,
     ) -> Attached {
         let conn_id = self.inner.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let mut stored = false;
         let expire_after_ms = keep_alive.map_or(0, |ka| (ka * 3 / 2).as_millis() as u64);
         let ctl = Arc::new(ConnCtl::new(self.clock_ms(), expire_after_ms));
         let slot = ConnSlot {
@@ -153,9 +171,11 @@ impl Broker {
                 }
                 if clean || old.clean {
                     st.discarded = true;
+                    st.out.discard_queue(&self.inner.limits);
                     discarded_subs.extend(st.subscriptions.drain().map(|(f, _)| f));
                     drop(st);
                     if self.persisted(&old) {
+                        stored = true;
                         self.inner.store.submit(Op::SessionDel {
                             client: client_id.clone(),
                         });
@@ -182,6 +202,7 @@ impl Broker {
             self.inner.subs.unsubscribe(f, client_id);
         }
         Attached {
+            stored: stored || (!session_present && self.persisted(&session)),
             session,
             conn_id,
             session_present,
@@ -235,6 +256,7 @@ impl Broker {
         st.conn = None;
         if session.clean {
             st.discarded = true;
+            st.out.discard_queue(&self.inner.limits);
             let subs: Vec<TopicFilter> = st.subscriptions.drain().map(|(f, _)| f).collect();
             drop(st);
             for f in &subs {
@@ -246,7 +268,7 @@ impl Broker {
         } else {
             st.disconnected_at = Some(Instant::now());
             if !self.inner.queue_qos0_offline {
-                st.out.drop_queued_qos0();
+                st.out.drop_queued_qos0(&self.inner.limits);
             }
         }
     }
@@ -375,6 +397,11 @@ impl Broker {
     fn note_drop(&self, session: &Session, qos: QoS, full: QueueFull) {
         let inner = &*self.inner;
         let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.stats.dropped_by[full as usize].fetch_add(1, Ordering::Relaxed);
+        if matches!(full, QueueFull::FairShare | QueueFull::TotalBytes) {
+            self.note_budget_drop(session, full, total);
+            return;
+        }
         if qos == QoS::AtMostOnce {
             return;
         }
@@ -398,6 +425,44 @@ impl Broker {
         }
     }
 
+    /// A drop because the global budget of queued bytes is (nearly) used up: a broker-wide
+    /// condition, so it warns at any QoS, at most once a second, with the budget's state.
+    fn note_budget_drop(&self, session: &Session, full: QueueFull, total: u64) {
+        let inner = &*self.inner;
+        let now_s = inner.start.elapsed().as_secs() + 1;
+        let last = inner.stats.last_budget_warn_s.load(Ordering::Relaxed);
+        if now_s <= last
+            || inner
+                .stats
+                .last_budget_warn_s
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Some(budget) = &inner.limits.budget else {
+            return;
+        };
+        let (queued_bytes_total, clients_queueing, limit_value) = budget.usage();
+        let why = match full {
+            QueueFull::FairShare => "over its fair share of the nearly used budget",
+            _ => "budget used up",
+        };
+        warn!(
+            client_id = %session.client_id,
+            why,
+            fair_share_bytes = budget.fair_share(false),
+            queued_bytes_total,
+            clients_queueing,
+            dropped_over_fair_share = inner.stats.dropped_by[QueueFull::FairShare as usize].load(Ordering::Relaxed),
+            dropped_budget_full = inner.stats.dropped_by[QueueFull::TotalBytes as usize].load(Ordering::Relaxed),
+            total_dropped = total,
+            limit = %full.key(),
+            limit_value,
+            "queued bytes budget reached: dropping messages (warning at most once a second)"
+        );
+    }
+
     /// Counts a publish the client was not allowed to make.
     pub(crate) fn note_denied(&self) {
         self.inner.stats.denied.fetch_add(1, Ordering::Relaxed);
@@ -412,6 +477,7 @@ impl Broker {
                 st.conn.is_none() && st.disconnected_at.is_some_and(|t| t.elapsed() >= max_age);
             if old {
                 st.discarded = true;
+                st.out.discard_queue(&self.inner.limits);
                 expired.push((s.client_id.clone(), std::mem::take(&mut st.subscriptions)));
                 if !s.clean {
                     self.inner.store.submit(Op::SessionDel {

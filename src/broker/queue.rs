@@ -5,7 +5,9 @@
 //! messages leave in the order they were queued ([MQTT-4.6.0-5]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
+use super::budget::QueueBudget;
 use crate::message::{QoS, SharedMessage};
 
 /// One message on its way to one subscriber.
@@ -38,12 +40,17 @@ pub(crate) struct InflightEntry {
 }
 
 /// Bounds of one session's queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct QueueLimits {
     pub(crate) max_inflight: usize,
     pub(crate) max_queued_messages: usize,
     /// 0 = no byte bound.
     pub(crate) max_queued_bytes: usize,
+    /// `limits.max_queued_bytes_total` (0 = none), for drop warnings.
+    pub(crate) max_queued_bytes_total: usize,
+    /// The global budget every queue counts against, when `max_queued_bytes_total` is set.
+    /// Here rather than in each queue: an idle session stays as small as it was.
+    pub(crate) budget: Option<Arc<QueueBudget>>,
 }
 
 /// Which bound refused a delivery: the drop warning names it.
@@ -53,6 +60,11 @@ pub(crate) enum QueueFull {
     Messages,
     /// `limits.max_queued_bytes`.
     Bytes,
+    /// `limits.max_queued_bytes_total` is nearly used up and this session holds more than its
+    /// fair share of it.
+    FairShare,
+    /// `limits.max_queued_bytes_total` is used up.
+    TotalBytes,
 }
 
 impl QueueFull {
@@ -61,6 +73,7 @@ impl QueueFull {
         match self {
             QueueFull::Messages => "max_queued_messages",
             QueueFull::Bytes => "max_queued_bytes",
+            QueueFull::FairShare | QueueFull::TotalBytes => "max_queued_bytes_total",
         }
     }
 
@@ -69,6 +82,7 @@ impl QueueFull {
         match self {
             QueueFull::Messages => limits.max_queued_messages,
             QueueFull::Bytes => limits.max_queued_bytes,
+            QueueFull::FairShare | QueueFull::TotalBytes => limits.max_queued_bytes_total,
         }
     }
 }
@@ -125,8 +139,14 @@ impl Outbound {
             {
                 return Err(QueueFull::Bytes);
             }
+            if let Some(b) = &limits.budget {
+                b.admit(self.queued_bytes, len)?;
+            }
         }
         let was_empty = self.queue.is_empty();
+        if let Some(b) = &limits.budget {
+            b.add(self.queued_bytes, len);
+        }
         self.queued_bytes += len;
         self.queue.push_back(d);
         Ok(was_empty)
@@ -146,7 +166,11 @@ impl Outbound {
             self.alloc_pkid()?
         };
         let delivery = self.queue.pop_front()?;
-        self.queued_bytes -= delivery.msg.payload.len();
+        let len = delivery.msg.payload.len();
+        if let Some(b) = &limits.budget {
+            b.sub(self.queued_bytes, len);
+        }
+        self.queued_bytes -= len;
         if pkid != 0 {
             self.inflight.push_back(InflightEntry {
                 pkid,
@@ -251,9 +275,39 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// Keeps only the queued messages for which `keep` holds; returns how many were dropped
+    /// and adds the sequence numbers of the persisted ones to `removed_seqs`. In-flight
+    /// messages are left alone: the client already has them, and a QoS 2 one's packet id is
+    /// held by the client until its PUBREL ([MQTT-4.3.3]), which dropping it would never send.
+    pub(crate) fn retain_deliveries(
+        &mut self,
+        mut keep: impl FnMut(&Delivery) -> bool,
+        removed_seqs: &mut Vec<u64>,
+        limits: &QueueLimits,
+    ) -> usize {
+        let before = self.queue.len();
+        let before_bytes = self.queued_bytes;
+        let mut bytes = 0;
+        self.queue.retain(|d| {
+            let k = keep(d);
+            if k {
+                bytes += d.msg.payload.len();
+            } else if d.seq != 0 {
+                removed_seqs.push(d.seq);
+            }
+            k
+        });
+        self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before_bytes, before_bytes - bytes);
+        }
+        before - self.queue.len()
+    }
+
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
-    pub(crate) fn drop_queued_qos0(&mut self) {
+    pub(crate) fn drop_queued_qos0(&mut self, limits: &QueueLimits) {
+        let before = self.queued_bytes;
         let mut bytes = 0;
         self.queue.retain(|d| {
             let keep = d.qos != QoS::AtMostOnce;
@@ -263,6 +317,19 @@ impl Outbound {
             keep
         });
         self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before, before - bytes);
+        }
+    }
+
+    /// Empties the queue of a session that is discarded (nothing will take from it any more)
+    /// and gives its bytes back to the budget. In-flight messages are left as they are.
+    pub(crate) fn discard_queue(&mut self, limits: &QueueLimits) {
+        if let Some(b) = &limits.budget {
+            b.sub(self.queued_bytes, self.queued_bytes);
+        }
+        self.queue = VecDeque::new();
+        self.queued_bytes = 0;
     }
 }
 
@@ -280,6 +347,8 @@ mod tests {
         max_inflight: 2,
         max_queued_messages: 3,
         max_queued_bytes: 0,
+        max_queued_bytes_total: 0,
+        budget: None,
     };
 
     fn d(qos: QoS, n: u8) -> Delivery {
@@ -294,6 +363,45 @@ mod tests {
             retain: false,
             seq: 0,
         }
+    }
+
+    /// issue #9 item 2: on connect, queued messages the client may no longer read are dropped
+    /// (Mosquitto's `connection_check_acl`): bytes, order and persisted sequence numbers stay
+    /// consistent; in-flight ones stay, since the client already holds them (and a QoS 2 id
+    /// until its PUBREL).
+    #[test]
+    fn retain_deliveries_drops_from_the_queue_only() {
+        let limits = QueueLimits {
+            max_inflight: 2,
+            max_queued_messages: 10,
+            max_queued_bytes: 0,
+            max_queued_bytes_total: 0,
+            budget: None,
+        };
+        let mut o = Outbound::default();
+        for n in 1..=5u8 {
+            let mut x = d(QoS::AtLeastOnce, n);
+            x.seq = u64::from(n) * 10;
+            o.push(x, &limits, false).unwrap();
+        }
+        let a = o.next(&limits).unwrap();
+        let b = o.next(&limits).unwrap();
+        assert_eq!(
+            (a.pkid, b.pkid, o.inflight_len(), o.queued_len()),
+            (1, 2, 2, 3)
+        );
+        // Keep the even payloads: drops queued 3 and 5; in-flight 1 stays (the client has it).
+        let mut removed = Vec::new();
+        let dropped = o.retain_deliveries(|d| d.msg.payload[0] % 2 == 0, &mut removed, &limits);
+        assert_eq!((dropped, removed), (2, vec![30, 50]));
+        assert_eq!(
+            (o.inflight_len(), o.queued_len(), o.queued_bytes),
+            (2, 1, 1)
+        );
+        assert_eq!(o.on_puback(1), AckOutcome::Completed { seq: 10 });
+        let next = o.next(&limits).unwrap();
+        assert_eq!((next.delivery.msg.payload[0], next.pkid), (4, 3));
+        assert_eq!(o.on_puback(2), AckOutcome::Completed { seq: 20 });
     }
 
     /// The queue refuses what exceeds max_queued_messages; `force` bypasses it.
@@ -404,5 +512,51 @@ mod tests {
         o.next(&limits).unwrap();
         o.push(d(QoS::AtMostOnce, 0), &limits, false).unwrap();
         assert_eq!(o.next(&limits).unwrap().pkid, 0);
+    }
+
+    /// issue #9 item 5: with a global budget, every queued byte is counted once and given back
+    /// when it leaves the queue (sent, dropped as offline QoS 0 or by the ACL read gate, or the
+    /// session discarded), and the count of queueing sessions follows; a full budget refuses,
+    /// forced pushes pass.
+    #[test]
+    fn budget_counts_queued_bytes_and_gets_them_back() {
+        let budget = Arc::new(QueueBudget::new(8));
+        let limits = QueueLimits {
+            max_queued_messages: 100,
+            budget: Some(budget.clone()),
+            ..LIMITS
+        };
+        let mut a = Outbound::default();
+        let mut b = Outbound::default();
+        for n in 0..4 {
+            a.push(d(QoS::AtMostOnce, n), &limits, false).unwrap();
+        }
+        a.push(d(QoS::AtLeastOnce, 4), &limits, false).unwrap();
+        b.push(d(QoS::AtMostOnce, 5), &limits, false).unwrap();
+        assert_eq!(budget.usage(), (6, 2, 8));
+        assert_eq!(
+            a.push(d(QoS::AtMostOnce, 6), &limits, false),
+            Err(QueueFull::FairShare),
+            "6 of 8 used: a holds 5, over its share of 6 / 2"
+        );
+        b.push(d(QoS::AtMostOnce, 7), &limits, false).unwrap();
+        b.push(d(QoS::AtMostOnce, 8), &limits, false).unwrap();
+        assert_eq!(
+            b.push(d(QoS::AtMostOnce, 9), &limits, false),
+            Err(QueueFull::TotalBytes)
+        );
+        b.push(d(QoS::AtMostOnce, 10), &limits, true).unwrap();
+        assert_eq!(budget.usage(), (9, 2, 8));
+        assert_eq!(a.next(&limits).unwrap().pkid, 0);
+        assert_eq!(budget.usage(), (8, 2, 8));
+        a.drop_queued_qos0(&limits);
+        assert_eq!(budget.usage(), (5, 2, 8), "the QoS 1 message stays");
+        // The ACL read gate on connect drops queued messages: their bytes come back too.
+        let dropped = b.retain_deliveries(|d| d.msg.payload[0] != 5, &mut Vec::new(), &limits);
+        assert_eq!((dropped, budget.usage()), (1, (4, 2, 8)));
+        a.next(&limits).unwrap();
+        assert_eq!(budget.usage(), (3, 1, 8));
+        b.discard_queue(&limits);
+        assert_eq!(budget.usage(), (0, 0, 8));
     }
 }

@@ -13,7 +13,14 @@ use tokio::sync::Notify;
 use super::queue::{Delivery, Outbound, QueueFull, QueueLimits};
 use crate::message::QoS;
 use crate::store::{Op, Store, StoredMessage};
-use crate::topic::{ClientId, TopicFilter};
+use crate::topic::{ClientId, TopicFilter, TopicName};
+
+/// What a session may receive, when an ACL is in force. The session layer hands one to the
+/// session at attach; the broker asks it for every delivery (retained messages included) and
+/// knows nothing of ACLs. Sessions without one (no `acl_file`) receive everything.
+pub(crate) trait ReadGate: Send + Sync + std::fmt::Debug {
+    fn may_read(&self, topic: &TopicName) -> bool;
+}
 
 /// Why a connection is told to close by the broker rather than by its client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +120,8 @@ pub(crate) struct SessionState {
     pub(crate) disconnected_at: Option<Instant>,
     /// The last sequence number given to a persisted delivery.
     pub(crate) last_seq: u64,
+    /// Set by the connection that attached last (see `Session::set_read_gate`).
+    read_gate: Option<Arc<dyn ReadGate>>,
 }
 
 /// One MQTT session. Clean sessions live as long as their connection; persistent ones
@@ -133,7 +142,8 @@ pub(crate) enum Offer {
     Queued,
     /// Refused: the queue is at this bound.
     Full(QueueFull),
-    /// Not queued by policy (QoS 0 for an offline session, or a discarded session).
+    /// Not queued by policy (QoS 0 for an offline session, a discarded session, or a topic
+    /// the session may not read).
     Skipped,
 }
 
@@ -153,6 +163,30 @@ impl Session {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Installs what the newly attached client may read, and drops the queued (not the in-flight)
+    /// messages it may not (Mosquitto's `connection_check_acl` on connect: the username may
+    /// have changed since they were queued). Returns how many were dropped.
+    pub(crate) fn set_read_gate(
+        &self,
+        gate: Arc<dyn ReadGate>,
+        limits: &QueueLimits,
+        store: &Store,
+    ) -> usize {
+        let mut st = self.lock();
+        let mut removed = Vec::new();
+        let dropped =
+            st.out
+                .retain_deliveries(|d| gate.may_read(&d.msg.topic), &mut removed, limits);
+        for seq in removed {
+            store.submit(Op::MsgDel {
+                client: self.client_id.clone(),
+                seq,
+            });
+        }
+        st.read_gate = Some(gate);
+        dropped
+    }
+
     /// Queues a delivery for this session (the publish path; never blocks on the network or
     /// the disk). A persistent session's QoS 1/2 deliveries, and QoS 0 ones queued while it is
     /// offline, are submitted to the store under the session lock, so the store sees one
@@ -168,6 +202,13 @@ impl Session {
         let mut st = self.lock();
         if st.discarded {
             return Offer::Skipped;
+        }
+        // Mosquitto checks read access when it routes (subs.c) and when it sends retained
+        // messages (retain.c): a denied message never enters the queue.
+        if let Some(gate) = &st.read_gate {
+            if !gate.may_read(&d.msg.topic) {
+                return Offer::Skipped;
+            }
         }
         let online = st.conn.is_some();
         if !online && d.qos == QoS::AtMostOnce && !queue_qos0_offline {

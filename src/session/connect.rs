@@ -3,6 +3,7 @@
 //! CONNACK return code (or nothing, for a malformed CONNECT) and nothing else is processed.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,9 +12,11 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
+use super::authorize::Refusal;
 use super::io::{Io, ReadError};
 use super::{ConnContext, Connection};
 use crate::error::ProtocolError;
+use crate::limits::log_fold::{folded, Kind};
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
@@ -24,15 +27,18 @@ mod connack {
     pub(super) const ACCEPTED: u8 = 0x00;
     pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
     pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub(super) const SERVER_UNAVAILABLE: u8 = 0x03;
     pub(super) const BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
     pub(super) const NOT_AUTHORIZED: u8 = 0x05;
 }
 
 /// Reads CONNECT (by `deadline`: `limits.connect_timeout_ms` after the accept), validates it,
-/// answers CONNACK and attaches the session. `None` when the connection ends here. `identity`
-/// is what the transport vouches for (a TLS client certificate's CN).
+/// answers CONNACK and attaches the session. `None` when the connection ends here. `peer` is
+/// the client's address; `identity` is what the transport vouches for (a TLS client
+/// certificate's CN).
 pub(super) async fn handshake<T: Transport>(
     transport: T,
+    peer: SocketAddr,
     identity: Option<PeerIdentity>,
     deadline: Instant,
     ctx: Arc<ConnContext>,
@@ -44,14 +50,26 @@ pub(super) async fn handshake<T: Transport>(
         _ = shutdown.cancelled() => return None,
         r = timeout_at(deadline, io.read_packet()) => r,
     };
+    // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
+    let log = &ctx.limits.log;
     let connect = match first {
         Err(_) => {
-            info!("closed: no CONNECT within limits.connect_timeout_ms");
+            folded!(
+                log,
+                Kind::Disconnected,
+                info,
+                "closed: no CONNECT within limits.connect_timeout_ms"
+            );
             return None;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(_))) => {
-            warn!("[MQTT-3.1.0-1] first packet is not CONNECT: closing");
+            folded!(
+                log,
+                Kind::ProtocolError,
+                warn,
+                "[MQTT-3.1.0-1] first packet is not CONNECT: closing"
+            );
             return None;
         }
         Ok(Ok(None)) => {
@@ -60,13 +78,19 @@ pub(super) async fn handshake<T: Transport>(
         }
         Ok(Err(ReadError::Protocol(ProtocolError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2] unsupported level: CONNACK 0x01, then close.
-            warn!(level, "[MQTT-3.1.2-2] unsupported protocol level: refused");
+            folded!(
+                log,
+                Kind::ProtocolError,
+                warn,
+                level,
+                "[MQTT-3.1.2-2] unsupported protocol level: refused"
+            );
             codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
         Ok(Err(ReadError::Protocol(e))) => {
-            warn!(error = %e, "protocol violation before CONNECT: closing");
+            folded!(log, Kind::ProtocolError, warn, error = %e, "protocol violation before CONNECT: closing");
             return None;
         }
         Ok(Err(ReadError::Io(e))) => {
@@ -74,29 +98,42 @@ pub(super) async fn handshake<T: Transport>(
             return None;
         }
     };
-    accept_connect(io, connect, identity, ctx, shutdown).await
+    accept_connect(io, connect, peer, identity, ctx, shutdown).await
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
 async fn accept_connect<T: Transport>(
     mut io: Io<T>,
-    c: Connect,
+    mut c: Connect,
+    peer: SocketAddr,
     identity: Option<PeerIdentity>,
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
 ) -> Option<Connection<T>> {
     let refuse = |io: &mut Io<T>, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+    // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
+    let log = &ctx.limits.log;
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
     // in 3.1.1: MQTT 3.1 requires an id, so Mosquitto answers 0x02 there too.
     let client_id: ClientId = if c.client_id.is_empty() {
         if c.protocol_level == 3 {
-            info!("empty client id in MQTT 3.1 (MQIsdp): refused (0x02)");
+            folded!(
+                log,
+                Kind::Refused,
+                info,
+                "empty client id in MQTT 3.1 (MQIsdp): refused (0x02)"
+            );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
         if !c.clean_session {
-            info!("[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)");
+            folded!(
+                log,
+                Kind::Refused,
+                info,
+                "[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)"
+            );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
@@ -107,39 +144,67 @@ async fn accept_connect<T: Transport>(
         c.client_id.as_str().into()
     };
     Span::current().record("client_id", &*client_id);
-    // use_identity_as_username (as Mosquitto): the verified certificate is the credential, its
-    // CN the username; the CONNECT's username and password are not used.
-    let (username, authenticated) = match identity {
-        None => (
-            c.username.clone(),
-            ctx.auth
-                .permits(c.username.as_deref(), c.password.as_deref()),
-        ),
-        Some(PeerIdentity::CertificateCn(cn)) => (Some(cn), true),
+    // use_identity_as_username (as Mosquitto): the verified certificate is the credential and
+    // its CN the username, which the ACL sees; the CONNECT's username and password are not
+    // used and no password is checked. Otherwise the login decides the CONNECT's credentials.
+    let username = match identity {
+        Some(PeerIdentity::CertificateCn(cn)) => Some(cn),
         Some(PeerIdentity::Unusable) => {
-            warn!("client certificate has no CN usable as a username (tls.use_identity_as_username): refused (0x04)");
+            folded!(
+                log,
+                Kind::Refused,
+                warn,
+                "client certificate has no CN usable as a username (tls.use_identity_as_username): refused (0x04)"
+            );
             refuse(&mut io, connack::BAD_USERNAME_OR_PASSWORD);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
+        None => {
+            // [MQTT-3.2.2-4, -5] a refused client gets its code; nothing else is processed, no
+            // will.
+            let login =
+                ctx.authorizer
+                    .login(Some(peer.ip()), &c, ctx.connect_timeout, shutdown, log);
+            if let Err(refusal) = login.await {
+                if let Some(r) = refusal {
+                    refuse(
+                        &mut io,
+                        match r {
+                            Refusal::NotAuthorized => connack::NOT_AUTHORIZED,
+                            Refusal::Unavailable => connack::SERVER_UNAVAILABLE,
+                        },
+                    );
+                    let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+                }
+                return None;
+            }
+            c.username.take()
+        }
     };
-    if !authenticated {
-        // [MQTT-3.2.2-4, -5] 0x05 as Mosquitto answers; nothing else is processed, no will.
-        let username = c.username.as_deref().map(tracing::field::display);
-        warn!(username, "not authorized: refused (0x05)");
-        refuse(&mut io, connack::NOT_AUTHORIZED);
-        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-        return None;
-    }
+    let acl = ctx.authorizer.session_acl(&client_id, username.as_deref());
+    let will = c
+        .will
+        .filter(|w| acl.as_ref().is_none_or(|a| a.may_publish_will(&w.topic)));
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     let store = ctx.broker.store();
-    let before = store.last_ticket();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    if let Some(acl) = &acl {
+        let dropped = attached
+            .session
+            .set_read_gate(acl.clone(), ctx.broker.limits(), store);
+        if dropped > 0 {
+            info!(
+                dropped,
+                "queued messages this client may not read were dropped"
+            );
+        }
+    }
     // sync = "always": CONNACK reveals the session (created, resumed with what its previous
     // connection changed, or discarded), and resumed in-flight messages are re-sent right
     // after it; all of that is on disk first.
-    let after = store.last_ticket();
-    if store.ack_policy() == AckPolicy::Durable && (after > before || !c.clean_session) {
+    if store.ack_policy() == AckPolicy::Durable && (attached.stored || !c.clean_session) {
+        let after = store.last_ticket();
         let durable = tokio::select! {
             r = timeout(ctx.connect_timeout, store.durable(after)) => r.is_ok(),
             _ = shutdown.cancelled() => false,
@@ -152,7 +217,10 @@ async fn accept_connect<T: Transport>(
     }
     // [MQTT-3.2.2-1] Session Present is 0 for a clean session (attach never resumes one).
     codec::encode_connack(&mut io.wbuf, attached.session_present, connack::ACCEPTED);
-    info!(
+    folded!(
+        log,
+        Kind::Connected,
+        info,
         username = username.as_deref().map(tracing::field::display),
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
@@ -166,7 +234,8 @@ async fn accept_connect<T: Transport>(
         session: attached.session,
         conn_id: attached.conn_id,
         client_id,
-        will: c.will.map(Box::new),
+        will: will.map(Box::new),
+        acl,
         pending_drain: true,
         batch: Vec::new(),
         ctl: attached.ctl,
@@ -177,6 +246,7 @@ async fn accept_connect<T: Transport>(
         pending_acks: VecDeque::new(),
         pending_subacks: 0,
         persisted: !c.clean_session && ctx.broker.store().enabled(),
+        limiter: ctx.limits.publish.limiter(),
     };
     // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();

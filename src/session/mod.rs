@@ -4,13 +4,13 @@
 //! future; the loop never waits for readiness while a whole packet is buffered, unless the
 //! connection is backed up; the end of a connection is logged once, with its `DisconnectReason`.
 
-mod auth;
+mod authorize;
 mod connect;
 mod io;
 mod start;
 mod will;
 
-pub(crate) use auth::Auth;
+pub(crate) use authorize::Authorizer;
 pub(crate) use start::{run_connection, run_tls_connection};
 
 use std::sync::Arc;
@@ -22,12 +22,14 @@ use tokio::io::Interest;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
 use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
 use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
 use crate::error::ProtocolError;
+use crate::limits::log_fold::{folded, Kind};
+use crate::limits::publish::PublishLimiter;
 use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{AckPolicy, Op, StoredState};
@@ -38,11 +40,14 @@ use io::{Fill, Io, WRITE_HIGH_WATER};
 /// What every connection task shares.
 pub(crate) struct ConnContext {
     pub(crate) broker: Broker,
-    pub(crate) auth: Auth,
+    /// Credentials, the refusal delay and each client's ACL.
+    pub(crate) authorizer: Authorizer,
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     /// Keep-alive cap in seconds (65535 = none).
     pub(crate) max_keepalive_s: u16,
+    /// Limits under attack shared by the connections (issue #9 item 5).
+    pub(crate) limits: crate::limits::ConnLimits,
     /// Cancelled first at shutdown: every connection publishes its will while all of them are
     /// still connected, so live subscribers receive the wills before the connections close.
     pub(crate) closing: CancellationToken,
@@ -90,6 +95,8 @@ struct Connection<T> {
     client_id: ClientId,
     /// Boxed: most connections have none, and an idle connection should stay small.
     will: Option<Box<codec::Will>>,
+    /// The client's ACL; `None` without an `acl_file` (then nothing is checked).
+    acl: Option<Arc<authorize::SessionAcl>>,
     /// The session queue may have something for us.
     pending_drain: bool,
     /// Reused between drains so moving messages out of the queue does not allocate; each
@@ -107,6 +114,8 @@ struct Connection<T> {
     pending_subacks: usize,
     /// Whether this session's state goes to the store.
     persisted: bool,
+    /// `limits.max_publish_rate` / `max_publish_bytes_rate`; None (no cost) when both are off.
+    limiter: Option<Box<PublishLimiter>>,
 }
 
 /// A packet that reveals stored state, so it may have to wait until that state is durable.
@@ -176,6 +185,8 @@ impl<T: Transport> Connection<T> {
             // Backpressure: while our output to this client is backed up, stop reading its
             // input (TCP then slows a fast publisher) and stop taking from its queue.
             let backed_up = self.backed_up();
+            // Over its publish rate, the client's input waits too (its output does not).
+            let paused = self.read_paused();
             let waiting_acks = !self.pending_acks.is_empty();
             let has_output = self.io.has_output();
             // A drain stopped by its per-turn bound leaves more to send, and nothing else may
@@ -183,9 +194,9 @@ impl<T: Transport> Connection<T> {
             let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
             // Packets already buffered (read with CONNECT, or left when input stopped for
             // backpressure) get no readiness event: handle them before waiting for one.
-            let input_ready = !backed_up && self.io.has_complete_packet();
+            let input_ready = !backed_up && !paused && self.io.has_complete_packet();
             // One readiness future for both directions (each costs ~150 bytes of task state).
-            let interest = match (has_output, backed_up) {
+            let interest = match (has_output, backed_up || paused) {
                 (true, true) => Some(Interest::WRITABLE),
                 (true, false) => Some(Interest::WRITABLE | Interest::READABLE),
                 (false, false) => Some(Interest::READABLE),
@@ -254,13 +265,18 @@ impl<T: Transport> Connection<T> {
         self.io.pending_output() >= WRITE_HIGH_WATER || self.pending_acks.len() >= MAX_PENDING_ACKS
     }
 
+    /// Whether reads are paused because the client is over its publish rate.
+    fn read_paused(&mut self) -> bool {
+        self.limiter.as_mut().is_some_and(|l| l.is_paused())
+    }
+
     /// Handles the complete packets buffered, stopping early (the rest stays buffered) once
-    /// the connection is backed up, unless `all`. Keep-alive counts a turn that completed at
-    /// least one packet (one clock read per turn, not per packet).
+    /// the connection is backed up or paused, unless `all`. Keep-alive counts a turn that
+    /// completed at least one packet (one clock read per turn, not per packet).
     fn process_input(&mut self, all: bool) -> Result<(), DisconnectReason> {
         let mut any = false;
         let result = loop {
-            if !all && self.backed_up() {
+            if !all && (self.backed_up() || self.read_paused()) {
                 break Ok(());
             }
             match self.io.next_buffered() {
@@ -275,7 +291,15 @@ impl<T: Transport> Connection<T> {
             }
         };
         if any {
-            self.ctl.touch(self.ctx.broker.clock_ms());
+            let mut seen = self.ctx.broker.clock_ms();
+            if let Some(l) = &mut self.limiter {
+                if l.is_paused() {
+                    // Paused for its publish rate, the client is alive meanwhile (its packets
+                    // wait in our socket): keep-alive counts from the end of the pause.
+                    seen += l.pause_ms();
+                }
+            }
+            self.ctl.touch(seen);
         }
         result
     }
@@ -322,9 +346,24 @@ impl<T: Transport> Connection<T> {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), DisconnectReason> {
-        // Clients may not publish into $SYS: dropped like an ACL denial (3.1.1 cannot say
-        // so), the QoS handshake still completes.
-        let denied = p.topic.as_str().starts_with("$SYS");
+        if let Some(pause) = self
+            .limiter
+            .as_mut()
+            .and_then(|l| l.charge(p.payload.len()))
+        {
+            // Over its publish rate: reads stop (see `read_paused`) until a timer wakes the
+            // loop. A task per pause, not a timer in every connection's state: an idle
+            // connection stays as small as it was.
+            let ctl = self.ctl.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                ctl.wake.notify_one();
+            });
+        }
+        // Clients may not publish into $SYS, nor where the ACL denies it: dropped (3.1.1
+        // cannot say so), the QoS handshake still completes, as Mosquitto does.
+        let denied = p.topic.as_str().starts_with("$SYS")
+            || self.acl.as_ref().is_some_and(|a| !a.may_publish(&p.topic));
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
@@ -333,7 +372,7 @@ impl<T: Transport> Connection<T> {
         };
         let route = |broker: &Broker, msg: Message| {
             if denied {
-                debug!("publish to $SYS denied");
+                debug!("publish denied");
                 broker.note_denied();
             } else {
                 broker.publish(Arc::new(msg));
@@ -518,9 +557,12 @@ impl<T: Transport> Connection<T> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut granted = Vec::with_capacity(s.filters.len());
         // Every filter is valid (the codec refuses a packet with an invalid one, [MQTT-4.8.0-1]):
-        // 0x80 is for a valid filter the broker refuses (today: a takeover raced this SUBSCRIBE).
+        // 0x80 is for a valid filter the broker refuses (the ACL, or a takeover that raced
+        // this SUBSCRIBE).
         for (f, qos) in s.filters {
-            if broker.subscribe(&self.session, &f, qos) {
+            if self.acl.as_ref().is_some_and(|a| !a.may_subscribe(&f)) {
+                codes.push(0x80);
+            } else if broker.subscribe(&self.session, &f, qos) {
                 codes.push(qos as u8);
                 granted.push((f, qos));
             } else {
@@ -552,7 +594,7 @@ impl<T: Transport> Connection<T> {
     /// Moves what the window allows from the session queue into the write buffer. The queue
     /// lock is held only to move entries; encoding happens outside it.
     fn drain(&mut self) {
-        let limits = *self.ctx.broker.limits();
+        let limits = self.ctx.broker.limits();
         let more = {
             let mut st = self.session.lock();
             if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {
@@ -561,7 +603,7 @@ impl<T: Transport> Connection<T> {
             }
             let mut bytes = 0;
             while bytes < DRAIN_BYTES && self.batch.len() < DRAIN_MESSAGES {
-                let Some(o) = st.out.next(&limits) else { break };
+                let Some(o) = st.out.next(limits) else { break };
                 bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
                 let mut ticket = 0;
                 if o.delivery.seq != 0 {
@@ -587,7 +629,7 @@ impl<T: Transport> Connection<T> {
                 }
                 self.batch.push((o, ticket));
             }
-            st.out.ready(&limits)
+            st.out.ready(limits)
         };
         let mut batch = std::mem::take(&mut self.batch);
         for (o, ticket) in batch.drain(..) {
@@ -659,17 +701,25 @@ impl<T: Transport> Connection<T> {
                 self.ctx.broker.publish(will::into_message(*w));
             }
         }
+        // Above limits.max_conn_log_lines_per_s these lines are folded into a summary.
+        let log = &self.ctx.limits.log;
         match &reason {
             DisconnectReason::Protocol(e) => {
-                warn!(error = %e, "disconnected: protocol violation")
+                folded!(log, Kind::ProtocolError, warn, error = %e, "disconnected: protocol violation")
             }
             DisconnectReason::Violation(rule) => {
-                warn!(rule, "disconnected: protocol violation")
+                folded!(
+                    log,
+                    Kind::ProtocolError,
+                    warn,
+                    rule,
+                    "disconnected: protocol violation"
+                )
             }
             DisconnectReason::Io(e) => {
-                info!(error = %e, "disconnected: socket error")
+                folded!(log, Kind::Disconnected, info, error = %e, "disconnected: socket error")
             }
-            other => info!(reason = ?other, "disconnected"),
+            other => folded!(log, Kind::Disconnected, info, reason = ?other, "disconnected"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! what the task keeps while a connection idles is the session loop, not the start-up state.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -15,21 +16,24 @@ use tracing::{debug, info, warn};
 use super::{connect, ConnContext};
 use crate::transport::{HandshakeError, PeerIdentity, Tcp, TlsAcceptor, Transport};
 
-/// Serves one accepted plain TCP connection until it ends. Never panics on client input.
+/// Serves one accepted plain TCP connection from `peer` until it ends. Never panics on client
+/// input.
 pub(crate) fn run_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.connect_timeout;
-    serve(Tcp(stream), None, deadline, ctx, shutdown)
+    serve(Tcp(stream), peer, None, deadline, ctx, shutdown)
 }
 
 /// Serves one accepted connection of the TLS listener: the handshake, then the same session as
 /// plain TCP. `limits.connect_timeout_ms` bounds the handshake and CONNECT together.
 pub(crate) async fn run_tls_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: TlsAcceptor,
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
@@ -62,15 +66,17 @@ pub(crate) async fn run_tls_connection(
             return;
         }
     };
-    serve(transport, identity, deadline, ctx, shutdown).await;
+    serve(transport, peer, identity, deadline, ctx, shutdown).await;
 }
 
 /// One connection over any transport: CONNECT (by `deadline`), the session loop, the end.
+/// `peer` is the client's address (the login's refusal delay counts per address).
 /// Not an `async fn`: the CONNECT phase (which owns the transport until the client is
 /// connected) is boxed before the returned future exists, so that future, which an idle
 /// connection keeps for its whole life, holds only the session loop.
 fn serve<T: Transport>(
     transport: T,
+    peer: SocketAddr,
     identity: Option<PeerIdentity>,
     deadline: Instant,
     ctx: Arc<ConnContext>,
@@ -78,6 +84,7 @@ fn serve<T: Transport>(
 ) -> impl Future<Output = ()> + Send {
     let connect = Box::pin(connect::handshake(
         transport,
+        peer,
         identity,
         deadline,
         ctx,

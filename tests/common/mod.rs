@@ -909,3 +909,35 @@ pub fn qos(n: u8) -> QoS {
 }
 pub mod certs;
 pub mod persist;
+
+// ---- Added for limits_attack.rs (append-only) ----
+
+/// A TCP connection to `addr` from the local address `src` (bind before connect): on Linux any
+/// 127.0.0.0/8 address is a loopback source, so a test can be "another host" as 127.0.0.2.
+pub fn tcp_connect_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = match src {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(src, 0))?;
+        socket.connect(addr).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+impl Raw {
+    /// Like `connect`, from the local address `src`.
+    pub fn connect_from(addr: SocketAddr, src: &str) -> Raw {
+        let stream = tcp_connect_from(src.parse().expect("source address"), addr)
+            .expect("tcp connect from a source address");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Raw { stream }
+    }
+}

@@ -50,6 +50,8 @@ def make_client(args, client_id, clean_session=True):
     )
     if args.cafile:
         client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
+    if args.username is not None:
+        client.username_pw_set(args.username, args.password)
     return client
 
 
@@ -225,6 +227,8 @@ def main():
     p.add_argument("--cafile", help="connect over TLS, trusting this CA (PEM)")
     p.add_argument("--certfile", help="TLS client certificate (PEM), with --cafile")
     p.add_argument("--keyfile", help="TLS client key (PEM), with --cafile")
+    p.add_argument("--username", default=None)
+    p.add_argument("--password", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("pub")
