@@ -370,9 +370,14 @@ impl Config {
     }
 
     /// Every address an MQTT listener binds (each listener kind adds its own), for rules over
-    /// all of them such as the anonymous rule of `[auth]`.
+    /// all of them such as the anonymous rule of `[auth]`: `[listener] bind`, and `[tls] bind`
+    /// when TLS is enabled.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
-        vec![self.bind_addr()]
+        let mut addrs = vec![self.bind_addr()];
+        if self.tls.enabled {
+            addrs.push(self.tls_bind_addr());
+        }
+        addrs
     }
 }
 
