@@ -1,8 +1,9 @@
 //! How a connection starts, per listener: plain TCP goes straight to CONNECT, TLS completes its
 //! handshake first; then both run the one session loop (`Connection<T>`, any `Transport`).
 //! L3: the transports and the CONNECT phase. Invariants: `limits.connect_timeout_ms` bounds
-//! everything before CONNACK (the TLS handshake included); a failed handshake is one log line;
-//! what the task keeps while a connection idles is the session loop, not the start-up state.
+//! everything before CONNACK (the TLS handshake included); a failed handshake is one log line,
+//! folded like the other connection lines (`limits::log_fold`); what the task keeps while a
+//! connection idles is the session loop, not the start-up state.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::{connect, ConnContext};
+use crate::limits::log_fold::{folded, Kind};
 use crate::transport::{HandshakeError, PeerIdentity, Tcp, TlsAcceptor, Transport};
 
 /// Serves one accepted plain TCP connection from `peer` until it ends. Never panics on client
@@ -45,15 +47,23 @@ pub(crate) async fn run_tls_connection(
         _ = shutdown.cancelled() => return,
         r = timeout_at(deadline, Box::pin(tls.accept(stream))) => r,
     };
+    // One line per failed handshake, never per record; folded like the other connection lines
+    // above limits.max_conn_log_lines_per_s, so a handshake flood cannot drive the log.
+    let log = &ctx.limits.log;
     let (transport, identity) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Err(_) => {
-            info!("closed: TLS handshake not done within limits.connect_timeout_ms");
+            folded!(
+                log,
+                Kind::Disconnected,
+                info,
+                "closed: TLS handshake not done within limits.connect_timeout_ms"
+            );
             return;
         }
-        // One line per failed handshake, never per record.
+        // A TLS error (a refused certificate or version, not TLS at all) breaks the protocol.
         Ok(Err(HandshakeError::Tls(e))) => {
-            warn!(error = %e, "TLS handshake failed: closed");
+            folded!(log, Kind::ProtocolError, warn, error = %e, "TLS handshake failed: closed");
             return;
         }
         // Like a plain connection closed before CONNECT.
@@ -62,7 +72,7 @@ pub(crate) async fn run_tls_connection(
             return;
         }
         Ok(Err(e)) => {
-            info!(error = %e, "TLS handshake failed: closed");
+            folded!(log, Kind::Disconnected, info, error = %e, "TLS handshake failed: closed");
             return;
         }
     };
