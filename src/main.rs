@@ -163,7 +163,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Installs a SIGHUP handler now; each SIGHUP reloads the TLS files (when TLS is enabled) and
-/// is logged. The broker keeps running. The rest of the configuration needs a restart.
+/// is logged. The broker keeps running. The password and ACL files and the rest of the
+/// configuration need a restart.
 #[cfg(unix)]
 fn forward_hangups(reload: brokerd::ReloadHandle, tls: bool) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -171,10 +172,10 @@ fn forward_hangups(reload: brokerd::ReloadHandle, tls: bool) -> std::io::Result<
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             if tls {
-                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files (reload of the rest of the configuration is not supported yet)");
+                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files (configuration reload is not supported yet, password and ACL files included: restart to apply them)");
                 reload.reload();
             } else {
-                tracing::info!("SIGHUP received: nothing to reload (TLS is off; configuration reload is not supported yet); still running");
+                tracing::info!("SIGHUP received: nothing to reload (TLS is off; configuration reload is not supported yet, password and ACL files included); still running");
             }
         }
     });
