@@ -1,12 +1,15 @@
 //! The TLS listener (issue #9 item 3), against the real broker binary: server and mutual TLS
 //! with the Mosquitto clients and a rustls client, protocol versions, the certificate CN as
-//! username, certificate reload (file change, SIGHUP, a broken file), the handshake timeout.
+//! username (and as the user the ACL file sees), certificate reload (file change, SIGHUP, a
+//! broken file), the handshake timeout, and the limits both listeners share (connections,
+//! connections per address, folded log lines).
 //! Certificates are generated in each test (rcgen) into a temporary directory.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -470,8 +473,10 @@ fn use_identity_as_username_takes_the_certificate_cn() {
     let pki = Pki::new();
     let passwd = pki.path("passwd");
     std::fs::write(&passwd, "alice:secret\n").expect("password file");
+    // A password file must be private (0600) and, with a plain-text entry, say so.
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let b = BrokerProc::start(&format!(
-        "{}[auth]\nallow_anonymous = false\npassword_file = {:?}\n",
+        "{}[auth]\nallow_anonymous = false\npassword_file = {:?}\npassword_format = \"plaintext\"\n",
         pki.mtls_toml("use_identity_as_username = true\n"),
         passwd
     ));
@@ -885,4 +890,201 @@ fn max_connections_covers_both_listeners() {
         std::thread::sleep(Duration::from_millis(20));
     }
     plain.ping();
+}
+
+/// A connection to the TLS listener refused before or in the handshake, or closed without a
+/// CONNACK: true; a CONNACK: false.
+fn tls_refused(addr: SocketAddr, config: Arc<ClientConfig>, client_id: &str) -> bool {
+    match TlsRaw::connect(addr, config) {
+        Err(_) => true,
+        Ok(mut c) => {
+            c.send(&connect_packet(client_id, true, 60));
+            c.read_packet().is_none()
+        }
+    }
+}
+
+/// issue #9 items 2 and 3: with use_identity_as_username the certificate CN is the username
+/// the ACL file sees, not the CONNECT's: CN `device-42` (CONNECT username `admin`, whose
+/// section may do anything) may write only `devices/device-42/#` and `status/%u`, so its
+/// PUBLISHes elsewhere are acknowledged and dropped, and its SUBSCRIBE to a filter the ACL
+/// denies gets 0x80 while `commands/device-42/#` is granted.
+#[test]
+fn certificate_cn_is_the_username_its_acl_section_applies_to() {
+    let pki = Pki::new();
+    let acl = pki.path("acl");
+    std::fs::write(
+        &acl,
+        "user device-42\n\
+         topic write devices/device-42/#\n\
+         topic read commands/device-42/#\n\
+         user admin\n\
+         topic readwrite #\n\
+         user watcher\n\
+         topic read devices/#\n\
+         topic read status/#\n\
+         pattern write status/%u\n",
+    )
+    .expect("acl file");
+    let b = BrokerProc::start(&format!(
+        "{}[auth]\nacl_file = {:?}\n",
+        pki.mtls_toml("use_identity_as_username = true\n"),
+        acl
+    ));
+    let tls = tls_addr(&b);
+
+    // A plain-listener client that may read everything the device could write.
+    let mut watcher = Raw::connected_by(b.addr, &RawConnect::new("watcher-1").username("watcher"));
+    watcher.subscribe_many(1, &[("devices/#", 1), ("status/#", 1)], &[1, 1]);
+
+    let device = pki.ca.client(Some("device-42"));
+    let mut d = TlsRaw::connect(tls, client_config(&pki.ca.der, Some(&device))).expect("TLS");
+    d.send(
+        &RawConnect::new("dev-42")
+            .username("admin")
+            .password(b"anything")
+            .encode(),
+    );
+    assert_eq!(d.read_packet(), Some(CONNACK_OK.to_vec()));
+
+    // SUBACK: 0x80 where the device's section allows no read, its QoS where it does.
+    d.send(&subscribe_packet(
+        1,
+        &[("devices/device-99/#", 1), ("commands/device-42/#", 1)],
+    ));
+    assert_eq!(
+        d.read_packet(),
+        Some(vec![0x90, 0x04, 0x00, 0x01, 0x80, 0x01]),
+        "SUBACK"
+    );
+
+    // Denied (another device's topic; %u is the CN, not `admin`), then allowed, in order:
+    // every one acknowledged, only the allowed ones delivered.
+    let publishes = [
+        ("devices/device-99/temp", 2, false),
+        ("status/admin", 3, false),
+        ("devices/device-42/temp", 4, true),
+        ("status/device-42", 5, true),
+    ];
+    for (topic, pkid, _) in publishes {
+        d.send(&publish_packet(
+            topic,
+            1,
+            false,
+            false,
+            pkid,
+            topic.as_bytes(),
+        ));
+        assert_eq!(
+            d.read_packet(),
+            Some(ack_packet(0x40, pkid)),
+            "PUBACK {topic}"
+        );
+    }
+    for (topic, _, allowed) in publishes {
+        if allowed {
+            let (_, _, _, got, pkid, _) = parse_publish(&watcher.expect_packet("PUBLISH"));
+            assert_eq!(got, topic, "a denied PUBLISH was delivered");
+            watcher.send(&ack_packet(0x40, pkid));
+        }
+    }
+    watcher.ping();
+    d.ping();
+    let log = b.wait_log_lines(&["PUBLISH denied by the ACL", "devices/device-99/temp"], 1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("PUBLISH denied by the ACL"))
+        .expect("denial line");
+    assert!(line.contains("dev-42"), "{line}");
+    b.wait_log_lines(&["client connected", "username=device-42"], 1);
+}
+
+/// issue #9 items 3 and 5: max_connections_per_ip counts both listeners together: with a
+/// limit of 1, a plain connection from 127.0.0.1 makes a TLS one from there refused at accept
+/// (before any handshake), and a TLS connection makes a plain one refused.
+#[test]
+fn connections_per_ip_count_plain_and_tls_together() {
+    let pki = Pki::new();
+    let limits = "[limits]\nmax_connections_per_ip = 1\n";
+    let config = client_config(&pki.ca.der, None);
+
+    let b = BrokerProc::start(&format!("{}{limits}", pki.toml("")));
+    let mut plain = Raw::connected(b.addr, "held-plain");
+    assert!(
+        tls_refused(tls_addr(&b), config.clone(), "second-tls"),
+        "a TLS connection beside a plain one from the same address was served"
+    );
+    b.wait_log_lines(
+        &[
+            "connection refused at accept",
+            "limit=max_connections_per_ip",
+        ],
+        1,
+    );
+    assert!(
+        !b.log().contains("TLS handshake"),
+        "the refused connection reached the handshake; log:\n{}",
+        b.log()
+    );
+    plain.ping();
+    drop(b);
+
+    let b = BrokerProc::start(&format!("{}{limits}", pki.toml("")));
+    let mut secure = TlsRaw::connected(tls_addr(&b), config, "held-tls");
+    let mut second = Raw::connect(b.addr);
+    second.send(&connect_packet("second-plain", true, 60));
+    assert_eq!(second.read_within(WAIT), RawRead::Closed);
+    b.wait_log_lines(
+        &[
+            "connection refused at accept",
+            "limit=max_connections_per_ip",
+        ],
+        1,
+    );
+    secure.ping();
+}
+
+/// issue #9 items 3 and 5: failed TLS handshakes are connection log lines: above
+/// max_conn_log_lines_per_s they are folded into the summary (as protocol errors), and every
+/// one is either written or counted.
+#[test]
+fn failed_tls_handshakes_are_folded_above_the_log_threshold() {
+    const THRESHOLD: usize = 5;
+    const ATTEMPTS: u64 = 60;
+    let pki = Pki::new();
+    let b = BrokerProc::start(&format!(
+        "{}[limits]\nmax_conn_log_lines_per_s = {THRESHOLD}\n",
+        pki.toml("")
+    ));
+    let tls = tls_addr(&b);
+    for i in 0..ATTEMPTS {
+        // Plain MQTT on the TLS port: a TLS error, one failed handshake each.
+        let mut raw = Raw::connect(tls);
+        raw.send(&connect_packet(&format!("not-tls-{i}"), true, 60));
+        // The broker logs (or counts) before it closes: wait for the close.
+        let _ = raw.drain_until_closed(WAIT);
+    }
+    let log = std::fs::read_to_string(b.stop().path().join("stderr.log")).expect("broker log");
+    let written: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .collect();
+    let folded: u64 = log
+        .lines()
+        .filter(|l| l.contains("connection log lines folded"))
+        .map(|l| {
+            let at = l.find(" protocol_errors=").expect("protocol_errors field") + 17;
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().expect("a count")
+        })
+        .sum();
+    assert!(folded > 0, "nothing was folded; log:\n{log}");
+    assert_eq!(written.len() as u64 + folded, ATTEMPTS, "log:\n{log}");
+    let mut per_second = std::collections::BTreeMap::<&str, usize>::new();
+    for l in &written {
+        *per_second.entry(l.get(..19).unwrap_or("")).or_default() += 1;
+    }
+    // A line allowed at the very end of a second may carry the next second's timestamp.
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    assert!(busiest <= THRESHOLD + 1, "{per_second:?}; log:\n{log}");
 }
