@@ -39,6 +39,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub persistence: PersistenceConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -155,6 +156,28 @@ pub struct PersistenceConfig {
     pub min_free_bytes: u64,
 }
 
+/// `[tls]`: a second listener, MQTT over TLS (1.2 and 1.3), off unless `enabled`. The
+/// certificate, key and CA files are reloaded when they change and on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// Address and port of the TLS listener; port 0 picks a free port (printed as
+    /// `listening tls on ADDR`).
+    pub bind: String,
+    /// PEM: the server certificate, then its chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: the private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM: the CAs that sign client certificates (used with `require_certificate`).
+    pub ca_file: Option<PathBuf>,
+    /// Clients must present a certificate signed by `ca_file` (mutual TLS).
+    pub require_certificate: bool,
+    /// The client certificate's subject CN is the MQTT username, and the CONNECT's username and
+    /// password are not used for authentication (Mosquitto's `use_identity_as_username`).
+    pub use_identity_as_username: bool,
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +228,20 @@ impl Default for PersistenceConfig {
             on_corrupt: OnCorrupt::MoveAside,
             cache_bytes: 16 * 1024 * 1024,
             min_free_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            bind: "127.0.0.1:8883".into(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            require_certificate: false,
+            use_identity_as_username: false,
         }
     }
 }
@@ -300,6 +337,7 @@ impl Config {
         if self.persistence.flush_interval_ms == 0 {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
+        self.tls.validate(&mut bad);
         if self
             .log
             .level
@@ -318,6 +356,11 @@ impl Config {
         }
     }
 
+    /// The TLS listener address (validated).
+    pub fn tls_bind_addr(&self) -> SocketAddr {
+        self.tls.bind.parse().expect("validate() checked tls.bind")
+    }
+
     /// The listener address (validated).
     pub fn bind_addr(&self) -> SocketAddr {
         self.listener
@@ -327,9 +370,51 @@ impl Config {
     }
 
     /// Every address an MQTT listener binds (each listener kind adds its own), for rules over
-    /// all of them such as the anonymous rule of `[auth]`.
+    /// all of them such as the anonymous rule of `[auth]`: `[listener] bind`, and `[tls] bind`
+    /// when TLS is enabled.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
-        vec![self.bind_addr()]
+        let mut addrs = vec![self.bind_addr()];
+        if self.tls.enabled {
+            addrs.push(self.tls_bind_addr());
+        }
+        addrs
+    }
+}
+
+impl TlsConfig {
+    /// The `[tls]` problems, each reported through `bad(key, why)`. The files themselves are
+    /// read (and their errors reported) when the listener starts, by `--check-config` too.
+    fn validate(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.bind.parse::<SocketAddr>().is_err() {
+            bad("tls.bind", "must be an IP:port such as \"127.0.0.1:8883\"");
+        }
+        if !self.enabled {
+            return;
+        }
+        if self.cert_file.is_none() {
+            bad("tls.cert_file", "is required when tls.enabled = true");
+        }
+        if self.key_file.is_none() {
+            bad("tls.key_file", "is required when tls.enabled = true");
+        }
+        if self.require_certificate && self.ca_file.is_none() {
+            bad(
+                "tls.ca_file",
+                "is required with require_certificate = true (it signs the client certificates)",
+            );
+        }
+        if !self.require_certificate && self.ca_file.is_some() {
+            bad(
+                "tls.ca_file",
+                "is only used with require_certificate = true (otherwise client certificates are not requested)",
+            );
+        }
+        if self.use_identity_as_username && !self.require_certificate {
+            bad(
+                "tls.use_identity_as_username",
+                "needs require_certificate = true (the username comes from the client certificate)",
+            );
+        }
     }
 }
 
@@ -378,6 +463,52 @@ mod tests {
         ] {
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    /// issue #9 item 3: an enabled `[tls]` without what it needs is refused, every problem named.
+    #[test]
+    fn tls_requirements_are_all_reported() {
+        let err = Config::parse(
+            "[tls]\nenabled = true\nbind = \"nope\"\nuse_identity_as_username = true\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "tls.bind",
+            "tls.cert_file",
+            "tls.key_file",
+            "tls.use_identity_as_username",
+        ] {
+            assert!(err.contains(key), "{key} missing in: {err}");
+        }
+        let err = Config::parse(
+            "[tls]\nenabled = true\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_certificate = true\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.ca_file"), "{err}");
+        let err = Config::parse(
+            "[tls]\nenabled = true\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"a\"\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls.ca_file"), "{err}");
+        // Off: the file keys may stay in place, unchecked.
+        let off = Config::parse(
+            "[tls]\nenabled = false\nrequire_certificate = true\n",
+            Path::new("b.toml"),
+        )
+        .expect("disabled [tls] is not checked");
+        assert!(!off.tls.enabled);
+        let ok = Config::parse(
+            "[tls]\nenabled = true\nbind = \"127.0.0.1:0\"\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"a\"\nrequire_certificate = true\nuse_identity_as_username = true\n",
+            Path::new("b.toml"),
+        )
+        .expect("complete [tls]");
+        assert_eq!(ok.tls_bind_addr().port(), 0);
     }
 
     #[test]

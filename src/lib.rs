@@ -10,10 +10,11 @@
 //! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
+//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
-//! | L4 | `server` | the accept loop and the connection limit |
+//! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -52,6 +53,7 @@ mod server;
 mod session;
 mod store;
 mod topic;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,6 +71,13 @@ pub use config::{Config, ConfigError};
 /// keep-alive and that plus this period.
 const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
+/// How often folded connection log lines are summarized (see `limits::log_fold`).
+const LOG_FOLD_SUMMARY: Duration = Duration::from_secs(1);
+
+/// How often the TLS certificate, key and CA files are checked for changes (size, modification
+/// time, inode); a change is loaded once it has stayed the same for one more check.
+const TLS_FILE_POLL: Duration = Duration::from_secs(1);
+
 /// Why the broker could not start.
 ///
 /// Like every error type of the crate, a variant's message includes its cause and `source()`
@@ -85,14 +94,56 @@ pub enum Error {
     Auth(String),
     #[error("persistence: {0}")]
     Store(String),
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// Where the broker accepts connections: what `run` passes to its `ready` callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The plain MQTT listener (`[listener] bind`).
+    pub mqtt: SocketAddr,
+    /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
+    pub tls: Option<SocketAddr>,
+}
+
+/// Asks a running broker to reload what it can without a restart: today the TLS certificate,
+/// key and CA files (the password and ACL files are read at start-up only). Clone it into a
+/// signal handler (SIGHUP) and call `reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for ReloadHandle {
+    fn default() -> Self {
+        ReloadHandle(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl ReloadHandle {
+    pub fn new() -> ReloadHandle {
+        ReloadHandle::default()
+    }
+
+    /// Requests a reload; requests made while one runs are merged into one more.
+    pub fn reload(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// Checks what `run` loads besides the configuration file, without starting anything: the
-/// password and ACL files (loaded exactly as `run` loads them) and, with persistence on, that
-/// the data directory is usable (see `store::data_dir::check`). Opens no database and takes no
-/// lock, so it also passes while a broker runs on the same directory.
+/// password and ACL files (loaded exactly as `run` loads them), the TLS certificate, key and CA
+/// files when `[tls]` is enabled, and, with persistence on, that the data directory is usable
+/// (see `store::data_dir::check`). Opens no database and takes no lock, so it also passes while
+/// a broker runs on the same directory.
 pub fn check(config: &Config) -> Result<(), Error> {
     load_auth(config)?;
+    if config.tls.enabled {
+        transport::TlsAcceptor::load(&config.tls).map_err(|e| Error::Tls(e.to_string()))?;
+    }
     if config.persistence.enabled {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
@@ -126,17 +177,25 @@ pub fn set_password(
         .map_err(|e| Error::Auth(e.to_string()))
 }
 
-/// Runs the broker until `shutdown` resolves: binds `config.listener.bind`, calls `ready` with
-/// the bound address once connections are accepted, and on shutdown stops accepting, closes
-/// every connection (their wills are published) and waits at most
-/// `listener.shutdown_grace_ms` for them.
+/// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
+/// when TLS is enabled), calls `ready` with the bound addresses once connections are accepted,
+/// reloads what it can each time `reload` asks, and on shutdown stops accepting, closes every
+/// connection (their wills are published) and waits at most `listener.shutdown_grace_ms` for
+/// them.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(SocketAddr),
+    reload: ReloadHandle,
+    ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
     let auth = load_auth(&config)?;
     log_auth(&auth);
+    let tls = if config.tls.enabled {
+        let acceptor = transport::TlsAcceptor::load(&config.tls);
+        Some(acceptor.map_err(|e| Error::Tls(e.to_string()))?)
+    } else {
+        None
+    };
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -152,6 +211,19 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|error| Error::Bind { addr, error })?;
+    let tls_listener = match tls {
+        Some(acceptor) => {
+            let addr = config.tls_bind_addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|error| Error::Bind { addr, error })?;
+            let local = listener
+                .local_addr()
+                .map_err(|error| Error::Bind { addr, error })?;
+            Some((listener, local, acceptor))
+        }
+        None => None,
+    };
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
@@ -178,6 +250,22 @@ pub async fn run(
             }
         });
     }
+    {
+        // Connection log lines folded above limits.max_conn_log_lines_per_s (from every
+        // listener, the TLS handshakes and the logins) are summarized once a second, here
+        // rather than in an accept loop, so that two listeners still make one summary line.
+        let (ctx, closing) = (ctx.clone(), closing.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(LOG_FOLD_SUMMARY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => ctx.limits.log.flush(),
+                }
+            }
+        });
+    }
     if config.session.expiry_s > 0 {
         let (broker, token) = (broker.clone(), token.clone());
         let max_age = Duration::from_secs(config.session.expiry_s);
@@ -192,11 +280,36 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
-    ready(local);
+    // One admission for both listeners: max_connections, the accept rates and the connections
+    // per source address count plain and TLS connections together.
+    let admission = server::Admission::new(&config.limits);
+    let tls_local = match tls_listener {
+        Some((listener, addr, acceptor)) => {
+            info!(%addr, "listening (tls)");
+            spawn_tls_reloader(acceptor.clone(), reload.subscribe(), &token, &tracker);
+            let accept = server::accept_loop(
+                listener,
+                server::Kind::Tls(acceptor),
+                ctx.clone(),
+                admission.clone(),
+                closing.clone(),
+                token.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(accept);
+            Some(addr)
+        }
+        None => None,
+    };
+    ready(Listening {
+        mqtt: local,
+        tls: tls_local,
+    });
     let accept = server::accept_loop(
         listener,
+        server::Kind::Plain,
         ctx.clone(),
-        &config.limits,
+        admission,
         closing.clone(),
         token.clone(),
         tracker.clone(),
@@ -231,6 +344,38 @@ pub async fn run(
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())
     })
+}
+
+/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and when `reload`
+/// asks (SIGHUP). File system access runs off the async workers.
+fn spawn_tls_reloader(
+    acceptor: transport::TlsAcceptor,
+    mut reload: tokio::sync::watch::Receiver<u64>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let token = token.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(TLS_FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signals = true;
+        loop {
+            let acceptor = acceptor.clone();
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = tokio::task::spawn_blocking(move || acceptor.reload_if_changed()).await;
+                }
+                r = reload.changed(), if signals => {
+                    if r.is_err() {
+                        signals = false; // no handle left: only file changes from now on
+                        continue;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || acceptor.reload("reload request")).await;
+                }
+            }
+        }
+    });
 }
 
 /// The start-up line that says whether anonymous clients are accepted, and why.

@@ -114,10 +114,16 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         // Installed before the listener is announced: a SIGTERM right after `listening on`
         // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        log_hangups().context("installing the SIGHUP handler")?;
-        brokerd::run(config, shutdown, |addr| {
+        let reload = brokerd::ReloadHandle::new();
+        forward_hangups(reload.clone(), config.tls.enabled)
+            .context("installing the SIGHUP handler")?;
+        brokerd::run(config, shutdown, reload, |at| {
+            // The MQTT listener's line comes first and keeps its form (scripts read it).
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "listening on {addr}");
+            let _ = writeln!(out, "listening on {}", at.mqtt);
+            if let Some(tls) = at.tls {
+                let _ = writeln!(out, "listening tls on {tls}");
+            }
             let _ = out.flush();
         })
         .await?;
@@ -125,7 +131,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Logs go to stderr (stdout carries only the `listening on ADDR` line); RUST_LOG wins over
+/// Logs go to stderr (stdout carries only the `listening on ADDR` lines); RUST_LOG wins over
 /// the configured level.
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
@@ -156,24 +162,28 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Installs a SIGHUP handler now and logs each SIGHUP from a task: the broker keeps running.
-/// Reloading the configuration on SIGHUP is a later issue; until then it only says so.
+/// Installs a SIGHUP handler now; each SIGHUP reloads the TLS files (when TLS is enabled) and
+/// is logged. The broker keeps running. The password and ACL files and the rest of the
+/// configuration need a restart.
 #[cfg(unix)]
-fn log_hangups() -> std::io::Result<()> {
+fn forward_hangups(reload: brokerd::ReloadHandle, tls: bool) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP received: configuration reload is not supported yet; still running"
-            );
+            if tls {
+                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files (configuration reload is not supported yet, password and ACL files included: restart to apply them)");
+                reload.reload();
+            } else {
+                tracing::info!("SIGHUP received: nothing to reload (TLS is off; configuration reload is not supported yet, password and ACL files included); still running");
+            }
         }
     });
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn log_hangups() -> std::io::Result<()> {
+fn forward_hangups(_reload: brokerd::ReloadHandle, _tls: bool) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -1,11 +1,13 @@
-//! The accept loop. L4: hands each accepted socket to `session::run_connection` in its own task.
-//! Invariants: at most `max_connections` connection tasks exist (a semaphore permit moves into
-//! each task); the accept gate (`limits::accept`) refuses a source over its rate or connection
-//! limits by closing the socket at once; a failing `accept` backs off instead of spinning; on
-//! shutdown no new connection is accepted.
+//! The accept loops, one per listener. L4: hands each accepted socket to the session layer in
+//! its own task. Invariants: at most `max_connections` connection tasks exist over all listeners
+//! (a permit of one shared semaphore moves into each task); one accept gate (`limits::accept`),
+//! shared by every listener, refuses a source over its rate or connection limits by closing the
+//! socket at once, before any TLS handshake; a failing `accept` backs off instead of spinning;
+//! on shutdown no new connection is accepted.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,34 +17,65 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, field, info_span, warn, Instrument};
 
 use crate::config::LimitsConfig;
-use crate::limits::accept::AcceptGate;
-use crate::limits::log_fold::{folded, Kind};
-use crate::session::{run_connection, ConnContext};
+use crate::limits::accept::{AcceptGate, Admitted, Refusal};
+use crate::limits::log_fold::{folded, Kind as LogKind};
+use crate::session::{run_connection, run_tls_connection, ConnContext};
+use crate::transport::TlsAcceptor;
+
+/// What a listener speaks.
+pub(crate) enum Kind {
+    Plain,
+    Tls(TlsAcceptor),
+}
+
+/// The limits every listener shares, so that a client gains nothing by using both:
+/// `limits.max_connections` and the accept gate (accept rates, connections per source address).
+#[derive(Clone)]
+pub(crate) struct Admission {
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    /// Connections refused for `max_connections`, over all listeners (logged at powers of two).
+    refused: Arc<AtomicU64>,
+    /// One gate, one per-address table: a plain and a TLS connection from one address count
+    /// against the same `max_connections_per_ip` and the same rates. Locked only to decide
+    /// on one accepted socket, never across an await.
+    gate: Arc<Mutex<AcceptGate>>,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: &LimitsConfig) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            max_connections: limits.max_connections,
+            refused: Arc::new(AtomicU64::new(0)),
+            gate: Arc::new(Mutex::new(AcceptGate::new(limits))),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
+        // A poisoned lock is recovered: the gate is plain data every call leaves consistent.
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(ip)
+    }
+}
 
 /// Accepts until `closing` is cancelled; connections end when `shutdown` is.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
+    kind: Kind,
     ctx: Arc<ConnContext>,
-    limits: &LimitsConfig,
+    admission: Admission,
     closing: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let max_connections = limits.max_connections;
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let mut gate = AcceptGate::new(limits);
-    let refused = AtomicU64::new(0);
+    let max_connections = admission.max_connections;
     let mut backoff = Duration::from_millis(10);
-    // Folded connection log lines are summarized once a second.
-    let mut summary = tokio::time::interval(Duration::from_secs(1));
-    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = closing.cancelled() => return,
-            _ = summary.tick() => {
-                ctx.limits.log.flush();
-                continue;
-            }
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -61,13 +94,13 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match gate.admit(peer.ip()) {
+        let admitted = match admission.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(why) => {
                 let refused_total = ctx.limits.note_refused(why);
                 folded!(
                     ctx.limits.log,
-                    Kind::Refused,
+                    LogKind::Refused,
                     warn,
                     %peer,
                     limit = %why.key(),
@@ -79,8 +112,8 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
+            let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
             }
@@ -88,15 +121,34 @@ pub(crate) async fn accept_loop(
             continue;
         };
         // Every log line of the connection carries its peer address and (after CONNECT) client id.
-        let span = info_span!("conn", %peer, client_id = field::Empty);
         let (ctx, token) = (ctx.clone(), shutdown.clone());
-        tracker.spawn(
-            async move {
-                run_connection(stream, ctx, token).await;
-                drop(permit);
-                drop(admitted);
+        match &kind {
+            Kind::Plain => {
+                let span = info_span!("conn", %peer, client_id = field::Empty);
+                tracker.spawn(
+                    async move {
+                        // Called inside the task (not built outside and moved in): a future
+                        // captured by value and then awaited would take its room twice in
+                        // the task, which every idle connection keeps.
+                        run_connection(stream, peer, ctx, token).await;
+                        drop(permit);
+                        drop(admitted);
+                    }
+                    .instrument(span),
+                );
             }
-            .instrument(span),
-        );
+            Kind::Tls(tls) => {
+                let span = info_span!("conn", %peer, tls = true, client_id = field::Empty);
+                let tls = tls.clone();
+                tracker.spawn(
+                    async move {
+                        run_tls_connection(stream, peer, tls, ctx, token).await;
+                        drop(permit);
+                        drop(admitted);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
     }
 }

@@ -315,6 +315,29 @@ mod tests {
         assert_eq!(auth.quick_decision(None), Some(true));
     }
 
+    /// issue #9 items 3 and 4: the anonymous rule looks at the TLS listener too: a `[tls]`
+    /// bound to a public address refuses anonymous clients while `[listener]` stays on
+    /// loopback, and the `bind` of a disabled `[tls]` does not count.
+    #[test]
+    fn public_tls_listener_refuses_anonymous_too() {
+        let tls = |enabled: bool| {
+            format!(
+                "[listener]\nbind = \"127.0.0.1:1883\"\n[tls]\nenabled = {enabled}\nbind = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"\n"
+            )
+        };
+        let c = crate::Config::parse(&tls(true), Path::new("b.toml")).unwrap();
+        let rule = Anonymous::decide(c.auth.allow_anonymous, &c.listener_addrs());
+        assert_eq!(
+            rule,
+            Anonymous::NotLoopback("0.0.0.0:8883".parse().unwrap())
+        );
+        let auth = Auth::load(&c.auth, &c.listener_addrs()).unwrap();
+        assert_eq!(auth.quick_decision(None), Some(false));
+        let c = crate::Config::parse(&tls(false), Path::new("b.toml")).unwrap();
+        let auth = Auth::load(&c.auth, &c.listener_addrs()).unwrap();
+        assert_eq!(auth.quick_decision(None), Some(true));
+    }
+
     /// issue #9 items 1 and 4: `allow_anonymous` absent is not `true` (the key is an Option),
     /// `password_format` must be "hashed" or "plaintext", and "plaintext" needs a password file.
     #[test]

@@ -3,12 +3,12 @@
 //! CONNACK return code (or nothing, for a malformed CONNECT) and nothing else is processed.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
@@ -20,6 +20,7 @@ use crate::limits::log_fold::{folded, Kind};
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
+use crate::transport::{PeerIdentity, Transport};
 
 /// CONNACK return codes ([MQTT-3.2.2]).
 mod connack {
@@ -27,22 +28,27 @@ mod connack {
     pub(super) const BAD_PROTOCOL_LEVEL: u8 = 0x01;
     pub(super) const IDENTIFIER_REJECTED: u8 = 0x02;
     pub(super) const SERVER_UNAVAILABLE: u8 = 0x03;
+    pub(super) const BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
     pub(super) const NOT_AUTHORIZED: u8 = 0x05;
 }
 
-/// Reads CONNECT (under `limits.connect_timeout_ms`), validates it, answers CONNACK and
-/// attaches the session. `None` when the connection ends here.
-pub(super) async fn handshake(
-    stream: TcpStream,
-    ctx: &Arc<ConnContext>,
-    shutdown: &CancellationToken,
-) -> Option<Connection> {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let mut io = Io::new(stream, ctx.max_packet_size);
+/// Reads CONNECT (by `deadline`: `limits.connect_timeout_ms` after the accept), validates it,
+/// answers CONNACK and attaches the session. `None` when the connection ends here. `peer` is
+/// the client's address; `identity` is what the transport vouches for (a TLS client
+/// certificate's CN).
+pub(super) async fn handshake<T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+    deadline: Instant,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) -> Option<Connection<T>> {
+    let (ctx, shutdown) = (&ctx, &shutdown);
+    let mut io = Io::new(transport, ctx.max_packet_size);
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = timeout(ctx.connect_timeout, io.read_packet()) => r,
+        r = timeout_at(deadline, io.read_packet()) => r,
     };
     // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
     let log = &ctx.limits.log;
@@ -92,18 +98,19 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    accept_connect(io, connect, ctx, shutdown, peer).await
+    accept_connect(io, connect, peer, identity, ctx, shutdown).await
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
-async fn accept_connect(
-    mut io: Io,
-    c: Connect,
+async fn accept_connect<T: Transport>(
+    mut io: Io<T>,
+    mut c: Connect,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
-    peer: Option<std::net::IpAddr>,
-) -> Option<Connection> {
-    let refuse = |io: &mut Io, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+) -> Option<Connection<T>> {
+    let refuse = |io: &mut Io<T>, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
     // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
     let log = &ctx.limits.log;
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
@@ -137,30 +144,45 @@ async fn accept_connect(
         c.client_id.as_str().into()
     };
     Span::current().record("client_id", &*client_id);
-    // [MQTT-3.2.2-4, -5] a refused client gets its code; nothing else is processed, no will.
-    match ctx
-        .authorizer
-        .login(peer, &c, ctx.connect_timeout, shutdown, log)
-        .await
-    {
-        Ok(()) => {}
-        Err(refusal) => {
-            if let Some(r) = refusal {
-                refuse(
-                    &mut io,
-                    match r {
-                        Refusal::NotAuthorized => connack::NOT_AUTHORIZED,
-                        Refusal::Unavailable => connack::SERVER_UNAVAILABLE,
-                    },
-                );
-                let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
-            }
+    // use_identity_as_username (as Mosquitto): the verified certificate is the credential and
+    // its CN the username, which the ACL sees; the CONNECT's username and password are not
+    // used and no password is checked. Otherwise the login decides the CONNECT's credentials.
+    let username = match identity {
+        Some(PeerIdentity::CertificateCn(cn)) => Some(cn),
+        Some(PeerIdentity::Unusable) => {
+            folded!(
+                log,
+                Kind::Refused,
+                warn,
+                "client certificate has no CN usable as a username (tls.use_identity_as_username): refused (0x04)"
+            );
+            refuse(&mut io, connack::BAD_USERNAME_OR_PASSWORD);
+            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
         }
-    }
-    let acl = ctx
-        .authorizer
-        .session_acl(&client_id, c.username.as_deref());
+        None => {
+            // [MQTT-3.2.2-4, -5] a refused client gets its code; nothing else is processed, no
+            // will.
+            let login =
+                ctx.authorizer
+                    .login(Some(peer.ip()), &c, ctx.connect_timeout, shutdown, log);
+            if let Err(refusal) = login.await {
+                if let Some(r) = refusal {
+                    refuse(
+                        &mut io,
+                        match r {
+                            Refusal::NotAuthorized => connack::NOT_AUTHORIZED,
+                            Refusal::Unavailable => connack::SERVER_UNAVAILABLE,
+                        },
+                    );
+                    let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+                }
+                return None;
+            }
+            c.username.take()
+        }
+    };
+    let acl = ctx.authorizer.session_acl(&client_id, username.as_deref());
     let will = c
         .will
         .filter(|w| acl.as_ref().is_none_or(|a| a.may_publish_will(&w.topic)));
@@ -199,6 +221,7 @@ async fn accept_connect(
         log,
         Kind::Connected,
         info,
+        username = username.as_deref().map(tracing::field::display),
         clean_session = c.clean_session,
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,

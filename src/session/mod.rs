@@ -7,16 +7,17 @@
 mod authorize;
 mod connect;
 mod io;
+mod start;
 mod will;
 
 pub(crate) use authorize::Authorizer;
+pub(crate) use start::{run_connection, run_tls_connection};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::VecDeque;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -33,22 +34,8 @@ use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{AckPolicy, Op, StoredState};
 use crate::topic::ClientId;
+use crate::transport::Transport;
 use io::{Fill, Io, WRITE_HIGH_WATER};
-
-/// Serves one accepted TCP connection until it ends. Never panics on client input.
-pub(crate) async fn run_connection(
-    stream: TcpStream,
-    ctx: Arc<ConnContext>,
-    shutdown: CancellationToken,
-) {
-    // The CONNECT phase runs in its own heap future, freed once the client is connected, so
-    // the task itself only needs room for the session loop: what an idle connection costs.
-    let Some(mut conn) = Box::pin(connect::handshake(stream, &ctx, &shutdown)).await else {
-        return;
-    };
-    let reason = conn.serve(&shutdown).await;
-    Box::pin(conn.finish(reason)).await;
-}
 
 /// What every connection task shares.
 pub(crate) struct ConnContext {
@@ -99,10 +86,10 @@ async fn flushed_changed(rx: &mut Option<watch::Receiver<u64>>, waiting: bool) {
     std::future::pending().await
 }
 
-/// The live state of an accepted connection.
-struct Connection {
+/// The live state of an accepted connection, over any transport (one session loop for all).
+struct Connection<T> {
     ctx: Arc<ConnContext>,
-    io: Io,
+    io: Io<T>,
     session: Arc<Session>,
     conn_id: u64,
     client_id: ClientId,
@@ -162,7 +149,7 @@ enum Event {
 const DRAIN_BYTES: usize = 64 * 1024;
 const DRAIN_MESSAGES: usize = 256;
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     /// The session loop: read packets, deliver queued messages. Everything the broker has to
     /// tell this connection (a queue that filled, takeover, keep-alive expiry, shutdown) arrives
     /// through the one `ctl.wake` it always waits on and is checked at the top of each turn.
@@ -201,7 +188,7 @@ impl Connection {
             // Over its publish rate, the client's input waits too (its output does not).
             let paused = self.read_paused();
             let waiting_acks = !self.pending_acks.is_empty();
-            let has_output = self.io.pending_output() > 0;
+            let has_output = self.io.has_output();
             // A drain stopped by its per-turn bound leaves more to send, and nothing else may
             // wake us (the queue was never empty, so no notify): come straight back for it.
             let drain_more = self.pending_drain && self.pending_subacks == 0 && !backed_up;
@@ -218,7 +205,7 @@ impl Connection {
             let event = tokio::select! {
                 biased;
                 _ = self.ctl.wake.notified() => Event::Wake,
-                r = self.io.stream.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => {
+                r = self.io.transport.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => {
                     match r {
                         Ok(ready) if ready.is_readable() || ready.is_read_closed() || ready.is_error() => Event::Readable(Ok(())),
                         Ok(_) => Event::Writable(Ok(())),
@@ -703,7 +690,7 @@ impl Connection {
         if matches!(
             reason,
             DisconnectReason::ServerShutdown | DisconnectReason::ClientDisconnect
-        ) && self.io.pending_output() > 0
+        ) && self.io.has_output()
         {
             let _ = timeout(Duration::from_millis(500), self.io.flush_all()).await;
         }

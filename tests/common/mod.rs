@@ -19,6 +19,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct BrokerProc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The TLS listener (`listening tls on ADDR`), when the config enables `[tls]`.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -41,7 +43,9 @@ impl BrokerProc {
             "[listener]\nbind = \"127.0.0.1:0\"\n".to_owned()
         };
         let extra = extra.replace("[listener]\n", "[listener]\nbind = \"127.0.0.1:0\"\n");
-        std::fs::write(&config_path, format!("{listener_extra}{extra}\n")).expect("write config");
+        let config_text = format!("{listener_extra}{extra}\n");
+        std::fs::write(&config_path, &config_text).expect("write config");
+        let tls = brokerd::Config::parse(&config_text, &config_path).is_ok_and(|c| c.tls.enabled);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
@@ -56,30 +60,38 @@ impl BrokerProc {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // Every line goes to the test (stdout carries only the `listening` lines); the
+            // thread keeps draining so the broker never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
-            // Keep draining so the broker never blocks on a full pipe.
-            for _ in lines {}
         });
-        let line = match rx.recv_timeout(WAIT) {
+        let mut next_line = |what: &str| match rx.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                panic!("brokerd did not print `listening on` in time; stderr:\n{log}");
+                panic!("brokerd did not print `{what}` in time; stderr:\n{log}");
             }
         };
+        let line = next_line("listening on");
         let addr = line
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"))
             .parse()
             .expect("address");
+        let tls_addr = tls.then(|| {
+            let line = next_line("listening tls on");
+            line.strip_prefix("listening tls on ")
+                .unwrap_or_else(|| panic!("unexpected second stdout line {line:?}"))
+                .parse()
+                .expect("TLS address")
+        });
         BrokerProc {
             child,
             addr,
+            tls_addr,
             dir,
             config_path,
             stderr_path,
@@ -895,6 +907,7 @@ pub fn qos(n: u8) -> QoS {
         _ => QoS::ExactlyOnce,
     }
 }
+pub mod certs;
 pub mod persist;
 
 // ---- Added for limits_attack.rs (append-only) ----

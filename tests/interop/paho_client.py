@@ -17,6 +17,9 @@ Subcommands (every wait is bounded by --timeout; output lines are flushed at onc
         minus the publish time the payload carries, a time.time() value); pub prints
         "PUBACK after <s> s". Exit 1 if an acknowledgement or --count messages miss --timeout,
         or a wait exceeds --max-latency seconds.
+
+With --cafile (and --certfile/--keyfile for a client certificate) every subcommand connects
+over TLS (paho's tls_set), to the TLS listener given by --port.
 """
 
 import argparse
@@ -45,6 +48,8 @@ def make_client(args, client_id, clean_session=True):
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
     )
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
     if args.username is not None:
         client.username_pw_set(args.username, args.password)
     return client
@@ -219,6 +224,9 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--client-id", default="")
+    p.add_argument("--cafile", help="connect over TLS, trusting this CA (PEM)")
+    p.add_argument("--certfile", help="TLS client certificate (PEM), with --cafile")
+    p.add_argument("--keyfile", help="TLS client key (PEM), with --cafile")
     p.add_argument("--username", default=None)
     p.add_argument("--password", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
