@@ -358,6 +358,7 @@ mod tests {
                 payload: Bytes::from(vec![n]),
                 qos,
                 retain: false,
+                origin: 0,
             }),
             qos,
             retain: false,

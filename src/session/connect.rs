@@ -189,6 +189,11 @@ async fn accept_connect<T: Transport>(
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     let store = ctx.broker.store();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    // Issue #11 item 3: a Mosquitto bridge (level 0x83/0x84) gets no echo, RETAIN as published.
+    attached
+        .session
+        .bridge
+        .store(c.bridge, std::sync::atomic::Ordering::Relaxed);
     if let Some(acl) = &acl {
         let dropped = attached
             .session
@@ -226,6 +231,7 @@ async fn accept_connect<T: Transport>(
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,
         protocol_level = c.protocol_level,
+        bridge = c.bridge,
         "client connected"
     );
     let mut conn = Connection {
