@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod bridge;
+pub use bridge::BridgeConfig;
+pub(crate) use bridge::TopicRule;
+
 /// The commented sample configuration; its values are the defaults (a test keeps them equal).
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/broker.toml");
 
@@ -40,6 +44,9 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    /// `[[bridge]]` tables (issue #11), none by default.
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -338,6 +345,15 @@ impl Config {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
         self.tls.validate(&mut bad);
+        for (i, b) in self.bridges.iter().enumerate() {
+            b.validate(i, &mut bad);
+            if self.bridges[..i].iter().any(|o| o.name == b.name) {
+                bad(
+                    &format!("bridge[{}].name", b.name),
+                    "is used by another bridge",
+                );
+            }
+        }
         if self
             .log
             .level

@@ -15,6 +15,7 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -43,6 +44,7 @@
 mod auth;
 #[doc(hidden)]
 pub mod bench_api;
+mod bridge;
 mod broker;
 pub mod config;
 mod error;
@@ -280,6 +282,14 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
+    // Bridges subscribe their journals before any client is accepted (issue #11).
+    let bridges = bridge::start(
+        &config.bridges,
+        &broker,
+        config.limits.max_packet_size,
+        &token,
+        &tracker,
+    );
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);
@@ -334,6 +344,7 @@ pub async fn run(
         );
     }
     ctx.limits.log_summary();
+    bridge::log_summary(&bridges);
     // The writer thread flushes what is pending; join it off the async workers. A store that
     // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
     let closed = tokio::task::spawn_blocking(move || store.close(grace))
