@@ -89,8 +89,14 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Publishes `probe` on `from` (QoS 0) until `to` receives it: the path between them works.
+/// Publishes probes on `topic` from `from` (QoS 0) until `to` receives one: the path between
+/// them works.
 async fn until_forwarded(from: &Client, to: &mut Client, topic: &str) {
+    until_forwarded_as(from, to, topic, topic).await
+}
+
+/// The same, when the probe arrives remapped to topic `arrives_as`.
+async fn until_forwarded_as(from: &Client, to: &mut Client, topic: &str, arrives_as: &str) {
     let deadline = Instant::now() + WAIT;
     let mut n = 0u32;
     loop {
@@ -98,7 +104,7 @@ async fn until_forwarded(from: &Client, to: &mut Client, topic: &str) {
         from.publish(topic, QoS::AtMostOnce, false, format!("probe-{n}"))
             .await;
         if let Some(p) = to.next_publish_within(Duration::from_millis(200)).await {
-            if p.topic == topic {
+            if p.topic == arrives_as {
                 // Later probes may still arrive: read them out.
                 while to
                     .next_publish_within(Duration::from_millis(300))
@@ -330,4 +336,189 @@ async fn outage_with_kill9_loses_nothing() {
         BrokerProc::start_in(dir, &extra)
     })
     .await;
+}
+
+/// Collects PUBLISHes until `quiet` passes without one, leaving out probes.
+async fn collect_no_probes(c: &mut Client, quiet: Duration) -> HashMap<(String, Vec<u8>), usize> {
+    let mut seen = collect(c, quiet).await;
+    seen.retain(|(t, _), _| !t.contains("probe"));
+    seen
+}
+
+fn key(topic: &str, payload: &str) -> (String, Vec<u8>) {
+    (topic.to_owned(), payload.as_bytes().to_vec())
+}
+
+/// issue #11 items 1 and 4: `out`, `in` and `both` rules with Mosquitto's prefixes remap
+/// topics each way; a `both` message is not echoed back; `$SYS/broker/connection/NAME/state`
+/// is "1", retained, while the bridge is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_out_and_both_with_prefixes() {
+    let m = Mosquitto::start(0, "");
+    let b = BrokerProc::start(&bridge_toml(
+        "cloud",
+        &[m.addr],
+        &[
+            "t/# out 1 gw/ site1/",
+            "cmd/# in 1 dev/ cloud/",
+            "chat/# both 1 l/ r/",
+        ],
+        "",
+    ));
+    let mut on_b = connect(b.addr, "sub-b").await;
+    on_b.subscribe("#", QoS::AtLeastOnce).await;
+    let mut on_m = connect(m.addr, "sub-m").await;
+    on_m.subscribe("#", QoS::AtLeastOnce).await;
+    let pub_b = connect(b.addr, "pub-b").await;
+    let pub_m = connect(m.addr, "pub-m").await;
+    until_forwarded_as(&pub_m, &mut on_b, "cloud/cmd/probe", "dev/cmd/probe").await;
+    until_forwarded_as(&pub_m, &mut on_b, "r/chat/probe", "l/chat/probe").await;
+    until_forwarded_as(&pub_b, &mut on_m, "gw/t/probe", "site1/t/probe").await;
+    let _ = collect(&mut on_b, Duration::from_millis(300)).await;
+    let _ = collect(&mut on_m, Duration::from_millis(300)).await;
+
+    pub_b
+        .publish("gw/t/x", QoS::AtLeastOnce, false, "out")
+        .await;
+    pub_b
+        .publish("l/chat/x", QoS::AtLeastOnce, false, "both-out")
+        .await;
+    pub_b
+        .publish("other/x", QoS::AtLeastOnce, false, "local-only")
+        .await;
+    pub_m
+        .publish("cloud/cmd/a", QoS::AtLeastOnce, false, "in")
+        .await;
+    pub_m
+        .publish("r/chat/y", QoS::AtLeastOnce, false, "both-in")
+        .await;
+    pub_m
+        .publish("site1/t/z", QoS::AtLeastOnce, false, "remote-only")
+        .await;
+    let seen_b = collect_no_probes(&mut on_b, Duration::from_millis(1500)).await;
+    let seen_m = collect_no_probes(&mut on_m, Duration::from_millis(300)).await;
+    let expect_b: HashMap<_, _> = [
+        (key("gw/t/x", "out"), 1),
+        (key("l/chat/x", "both-out"), 1),
+        (key("other/x", "local-only"), 1),
+        (key("dev/cmd/a", "in"), 1),
+        (key("l/chat/y", "both-in"), 1),
+    ]
+    .into_iter()
+    .collect();
+    let expect_m: HashMap<_, _> = [
+        (key("site1/t/x", "out"), 1),
+        (key("r/chat/x", "both-out"), 1),
+        (key("cloud/cmd/a", "in"), 1),
+        (key("r/chat/y", "both-in"), 1),
+        (key("site1/t/z", "remote-only"), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(seen_b, expect_b, "on brokerd");
+    assert_eq!(seen_m, expect_m, "on mosquitto");
+
+    let mut status = connect(b.addr, "status").await;
+    status
+        .subscribe("$SYS/broker/connection/cloud/state", QoS::AtLeastOnce)
+        .await;
+    let p = status.next_publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"1"[..], true));
+    drop(m);
+    let p = status.next_publish().await;
+    assert_eq!(&p.payload[..], b"0", "state after the remote went away");
+}
+
+/// issue #11 item 1: with two addresses, the bridge connects to the first, and when it goes
+/// away fails over to the second; messages published meanwhile reach the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_second_address() {
+    let m1 = Mosquitto::start(0, "");
+    let m2 = Mosquitto::start(0, "");
+    let b = BrokerProc::start(&bridge_toml("fo", &[m1.addr, m2.addr], &["fo/# out 1"], ""));
+    let mut on_m1 = connect(m1.addr, "sub-1").await;
+    on_m1.subscribe("fo/#", QoS::AtLeastOnce).await;
+    let mut on_m2 = connect(m2.addr, "sub-2").await;
+    on_m2.subscribe("fo/#", QoS::AtLeastOnce).await;
+    let pub_b = connect(b.addr, "pub").await;
+    until_forwarded(&pub_b, &mut on_m1, "fo/probe").await;
+    drop(on_m1);
+    drop(m1);
+    b.wait_log("bridge disconnected");
+    for i in 0..100 {
+        pub_b
+            .publish("fo/n", QoS::AtLeastOnce, false, i.to_string())
+            .await;
+    }
+    expect_numbered(&mut on_m2, 100, 20).await;
+    let log = b.log();
+    let m2_line = format!("bridge connected bridge=fo addr={}", m2.addr);
+    assert!(log.contains(&m2_line), "{log}");
+}
+
+/// issue #11 item 3: two brokerd bridged both ways (one `both` bridge, whose connection the
+/// remote brokerd recognizes by level 0x84): every message arrives once on each side and
+/// nothing loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokerd_bridged_both_ways_do_not_loop() {
+    let b2 = BrokerProc::start("");
+    let b1 = BrokerProc::start(&bridge_toml("peer", &[b2.addr], &["# both 1"], ""));
+    b2.wait_log_lines(&["client connected", "bridge=true"], 1);
+    let mut on_1 = connect(b1.addr, "sub-1").await;
+    on_1.subscribe("#", QoS::AtLeastOnce).await;
+    let mut on_2 = connect(b2.addr, "sub-2").await;
+    on_2.subscribe("#", QoS::AtLeastOnce).await;
+    let pub_1 = connect(b1.addr, "pub-1").await;
+    let pub_2 = connect(b2.addr, "pub-2").await;
+    until_forwarded(&pub_1, &mut on_2, "probe/1").await;
+    until_forwarded(&pub_2, &mut on_1, "probe/2").await;
+    let _ = collect(&mut on_1, Duration::from_millis(300)).await;
+    let _ = collect(&mut on_2, Duration::from_millis(300)).await;
+    pub_1
+        .publish("a/1", QoS::AtLeastOnce, false, "from-1")
+        .await;
+    pub_2.publish("a/2", QoS::AtLeastOnce, true, "from-2").await;
+    let seen_1 = collect_no_probes(&mut on_1, Duration::from_millis(1500)).await;
+    let seen_2 = collect_no_probes(&mut on_2, Duration::from_millis(300)).await;
+    let expect: HashMap<_, _> = [(key("a/1", "from-1"), 1), (key("a/2", "from-2"), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(seen_1, expect, "on brokerd 1");
+    assert_eq!(seen_2, expect, "on brokerd 2");
+    // RETAIN as published: brokerd 1 keeps a/2 retained too.
+    let mut late = connect(b1.addr, "late").await;
+    late.subscribe("a/2", QoS::AtLeastOnce).await;
+    let p = late.next_publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"from-2"[..], true));
+}
+
+/// issue #11 item 2: at `max_journal_messages` new messages for the bridge are refused
+/// (counted, warned); the publisher is still acknowledged, and what was journaled is
+/// delivered once the remote is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_bound_refuses_new_messages() {
+    let port = free_port();
+    let mdir = tempfile::tempdir().expect("tempdir");
+    let persistence = mosquitto_persistence(mdir.path());
+    let m = Mosquitto::start_in(mdir, port, &persistence);
+    let b = BrokerProc::start(&bridge_toml(
+        "small",
+        &[m.addr],
+        &["j/# out 1"],
+        "max_journal_messages = 100\n",
+    ));
+    let mut collector = persistent_subscriber(m.addr, "collector", "j/#").await;
+    let probe = connect(b.addr, "probe").await;
+    until_forwarded(&probe, &mut collector, "j/probe").await;
+    collector.disconnect().await;
+    drop(collector);
+    let mdir = m.stop();
+    b.wait_log("bridge disconnected");
+    let mut publisher = connect(b.addr, "publisher").await;
+    publish_numbered(&mut publisher, "j/seq", 150).await;
+    b.wait_log_lines(&["subscriber queue full", "client_id=$bridge/small"], 1);
+    let m = Mosquitto::start_in(mdir, port, &persistence);
+    let mut collector = resume(m.addr, "collector").await;
+    expect_numbered(&mut collector, 100, 20).await;
+    drop(b);
 }
