@@ -150,6 +150,9 @@ pub fn check(config: &Config) -> Result<(), Error> {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
     }
+    for b in &config.bridges {
+        bridge::tls_config(b).map_err(Error::Tls)?;
+    }
     Ok(())
 }
 
@@ -289,7 +292,8 @@ pub async fn run(
         config.limits.max_packet_size,
         &token,
         &tracker,
-    );
+    )
+    .map_err(Error::Tls)?;
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::certs::Ca;
 use common::{connect, connect_with, options, BrokerProc, Client, WAIT};
 use rumqttc::QoS;
 
@@ -521,4 +522,53 @@ async fn journal_bound_refuses_new_messages() {
     let mut collector = resume(m.addr, "collector").await;
     expect_numbered(&mut collector, 100, 20).await;
     drop(b);
+}
+
+/// issue #11 item 1: TLS to the remote with a client certificate: a Mosquitto that requires
+/// certificates signed by its CA receives what the bridge forwards; a bridge that does not
+/// trust the remote's CA does not connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_remote_with_a_client_certificate() {
+    let ca = Ca::new("bridge test CA");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write(pki.path(), "ca");
+    let (server_crt, server_key) = ca.server("remote", 2).write(pki.path(), "server");
+    let (client_crt, client_key) = ca.client(Some("gw")).write(pki.path(), "client");
+    let other_ca = Ca::new("someone else").write(pki.path(), "other");
+    // Mosquitto: a plain listener for the test's clients, a TLS one for the bridge.
+    let tls_port = free_port();
+    let m = Mosquitto::start(
+        0,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\n",
+            ca_file.display(),
+            server_crt.display(),
+            server_key.display()
+        ),
+    );
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+    let tls_keys = format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        ca_file, client_crt, client_key
+    );
+    let b = BrokerProc::start(&bridge_toml("sec", &[tls_addr], &["s/# out 1"], &tls_keys));
+    let mut on_m = connect(m.addr, "sub").await;
+    on_m.subscribe("s/#", QoS::AtLeastOnce).await;
+    let pub_b = connect(b.addr, "pub").await;
+    until_forwarded(&pub_b, &mut on_m, "s/probe").await;
+    for i in 0..50 {
+        pub_b
+            .publish("s/n", QoS::AtLeastOnce, false, i.to_string())
+            .await;
+    }
+    expect_numbered(&mut on_m, 50, 0).await;
+
+    let wrong = format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        other_ca, client_crt, client_key
+    );
+    let b2 = BrokerProc::start(&bridge_toml("bad", &[tls_addr], &["s/# out 1"], &wrong));
+    b2.wait_log("TLS handshake failed");
+    assert!(!b2.log().contains("bridge connected"), "{}", b2.log());
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqttbytes::v4::Packet as Remote;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -30,6 +30,7 @@ use crate::message::{Message, QoS};
 use crate::protocol::codec;
 use crate::store::{AckPolicy, Op, StoredState};
 use crate::topic::{ClientId, TopicName};
+use crate::transport::{Tcp, TlsClient, Transport};
 
 /// Above this many bytes waiting for the remote's socket, stop taking from the journal and
 /// stop reading the remote (its acknowledgements would only pile up behind).
@@ -68,11 +69,76 @@ pub(super) struct Link {
     state_topic: Option<TopicName>,
     /// `limits.max_packet_size`, also for packets from the remote.
     max_packet_size: usize,
+    /// TLS to the remote, when `ca_file` is set.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// One TCP connection to the remote.
+/// The byte stream to the remote: plain TCP or TLS, both driven as the session loop drives
+/// its `Transport` (readiness, then reads and writes that never wait).
+enum Stream {
+    Tcp(Tcp),
+    Tls(Box<TlsClient>),
+}
+
+impl Stream {
+    async fn ready(&self, interest: Interest) -> std::io::Result<tokio::io::Ready> {
+        match self {
+            Stream::Tcp(t) => t.ready(interest).await,
+            Stream::Tls(t) => t.ready(interest).await,
+        }
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(t) => t.try_read_buf(buf),
+            Stream::Tls(t) => t.try_read_buf(buf),
+        }
+    }
+
+    /// Writes from the front of `buf` (and flushes TLS records); returns how much was taken.
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match self {
+            Stream::Tcp(t) => t.try_write(buf),
+            Stream::Tls(t) => t.try_write(buf),
+        };
+        match n {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
+    }
+
+    fn try_flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(t) => t.try_flush(),
+            Stream::Tls(t) => t.try_flush(),
+        }
+    }
+
+    fn has_buffered_output(&self) -> bool {
+        match self {
+            Stream::Tcp(t) => t.has_buffered_output(),
+            Stream::Tls(t) => t.has_buffered_output(),
+        }
+    }
+
+    /// Writes all of `buf`, waiting for the socket (the handshake and the final DISCONNECT).
+    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() || self.has_buffered_output() {
+            self.ready(Interest::WRITABLE).await?;
+            if buf.is_empty() {
+                self.try_flush()?;
+            } else {
+                let n = self.try_write(buf)?;
+                buf = &buf[n..];
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One connection to the remote.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     last_in: Instant,
@@ -86,14 +152,15 @@ struct Conn {
 impl Link {
     pub(super) fn new(
         cfg: BridgeConfig,
-        rules: Vec<TopicRule>,
         broker: Broker,
         attached: Attached,
         client_id: ClientId,
         stats: Arc<BridgeStats>,
         max_packet_size: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Link {
         let persisted = broker.store().enabled();
+        let rules = cfg.rules();
         let state_topic =
             TopicName::parse(&format!("$SYS/broker/connection/{}/state", cfg.name)).ok();
         Link {
@@ -108,6 +175,7 @@ impl Link {
             persisted,
             state_topic,
             max_packet_size,
+            tls,
         }
     }
 
@@ -215,6 +283,24 @@ impl Link {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Tcp(Tcp(stream)),
+            Some(config) => {
+                // The name the server's certificate must carry: the address's host.
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                match timeout(
+                    CONNECT_TIMEOUT,
+                    TlsClient::connect(stream, config.clone(), host),
+                )
+                .await
+                {
+                    Err(_) => return Err("TLS handshake timed out".into()),
+                    Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+                    Ok(Ok(t)) => Stream::Tls(Box::new(t)),
+                }
+            }
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(4096),
@@ -257,7 +343,11 @@ impl Link {
                     Err(mqttbytes::Error::InsufficientBytes(_)) => {}
                     Err(e) => return Err(format!("malformed CONNACK: {e:?}")),
                 }
-                conn.stream.readable().await.map_err(|e| e.to_string())?;
+                conn.stream
+                    .ready(Interest::READABLE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.rbuf.reserve(4096);
                 match conn.stream.try_read_buf(&mut conn.rbuf) {
                     Ok(0) => return Err("closed before CONNACK".into()),
                     Ok(_) => {}
@@ -360,7 +450,8 @@ impl Link {
             }
             let backed_up =
                 conn.wbuf.len() >= WRITE_HIGH_WATER || conn.pending.len() >= MAX_PENDING;
-            let interest = match (conn.wbuf.is_empty(), backed_up) {
+            let has_output = !conn.wbuf.is_empty() || conn.stream.has_buffered_output();
+            let interest = match (!has_output, backed_up) {
                 (false, false) => Interest::READABLE | Interest::WRITABLE,
                 (false, true) => Interest::WRITABLE,
                 (true, _) => Interest::READABLE,
@@ -381,13 +472,17 @@ impl Link {
                         Ok(r) => r,
                         Err(e) => return End::Io(e),
                     };
-                    if ready.is_writable() && !conn.wbuf.is_empty() {
-                        match conn.stream.try_write(&conn.wbuf) {
+                    if ready.is_writable() && has_output {
+                        let written = if conn.wbuf.is_empty() {
+                            conn.stream.try_flush().map(|()| 0)
+                        } else {
+                            conn.stream.try_write(&conn.wbuf)
+                        };
+                        match written {
                             Ok(n) => {
                                 let _ = conn.wbuf.split_to(n);
                                 conn.last_out = Instant::now();
                             }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                             Err(e) => return End::Io(e),
                         }
                     }

@@ -72,17 +72,33 @@ fn journal_client_id(name: &str) -> ClientId {
     format!("$bridge/{name}").as_str().into()
 }
 
+/// The TLS client configuration of a bridge, when it has `ca_file`; the error names the
+/// bridge, the key and the file.
+pub(crate) fn tls_config(cfg: &BridgeConfig) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let Some(ca) = &cfg.ca_file else {
+        return Ok(None);
+    };
+    let pair = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    crate::transport::tls_client::client_config(&format!("bridge[{}]", cfg.name), ca, pair)
+        .map(Some)
+}
+
 /// Attaches each bridge's journal session and subscribes its `out` filters (before the
 /// listeners accept, so nothing published is missed), then spawns one link task per bridge.
+/// Fails (starting nothing) if a bridge's TLS files cannot be used.
 pub(crate) fn start(
     bridges: &[BridgeConfig],
     broker: &Broker,
     max_packet_size: usize,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Vec<BridgeHandle> {
+) -> Result<Vec<BridgeHandle>, String> {
+    let tls: Vec<_> = bridges.iter().map(tls_config).collect::<Result<_, _>>()?;
     let mut handles = Vec::new();
-    for cfg in bridges {
+    for (cfg, tls) in bridges.iter().zip(tls) {
         let rules = cfg.rules();
         let client_id = journal_client_id(&cfg.name);
         // Always a persistent session: the journal outlives outages (and, with persistence,
@@ -127,12 +143,12 @@ pub(crate) fn start(
             session_present = attached.session_present, "bridge starting");
         let link = link::Link::new(
             cfg.clone(),
-            rules,
             broker.clone(),
             attached,
             client_id,
             stats.clone(),
             max_packet_size,
+            tls,
         );
         tracker.spawn(link.run(token.clone()));
         handles.push(BridgeHandle {
@@ -141,7 +157,7 @@ pub(crate) fn start(
             session,
         });
     }
-    handles
+    Ok(handles)
 }
 
 /// One line per bridge at shutdown: its counters and what its journal still holds.

@@ -25,7 +25,8 @@ pub struct BridgeConfig {
     pub keepalive_s: u16,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// TLS to the remote (not implemented yet: setting one is an error, TODO(#11)).
+    /// TLS to the remote: on when `ca_file` (the CAs the remote's certificate is verified
+    /// against) is set; `cert_file` and `key_file` add a client certificate (mutual TLS).
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -241,14 +242,17 @@ impl BridgeConfig {
         if self.password.is_some() && self.username.is_none() {
             bad("password", "needs username");
         }
-        for (key, set) in [
-            ("ca_file", self.ca_file.is_some()),
-            ("cert_file", self.cert_file.is_some()),
-            ("key_file", self.key_file.is_some()),
-        ] {
-            if set {
-                bad(key, "TLS to the remote is not supported yet");
-            }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bad(
+                "cert_file",
+                "cert_file and key_file go together (mutual TLS)",
+            );
+        }
+        if self.cert_file.is_some() && self.ca_file.is_none() {
+            bad(
+                "ca_file",
+                "is required for TLS (cert_file and key_file need it)",
+            );
         }
         if self.topics.is_empty() {
             bad("topics", "needs at least one line");
@@ -352,6 +356,39 @@ mod tests {
         assert!(
             problems.contains(&"bridge[#2].name".to_owned()),
             "{problems:?}"
+        );
+    }
+
+    /// issue #11 item 1: a `[[bridge]]` table parses from TOML with its keys, and every other
+    /// key keeps its default.
+    #[test]
+    fn bridge_table_parses() {
+        let text = r#"
+[[bridge]]
+name = "cloud"
+addresses = ["cloud.example:1883", "10.0.0.2:1883"]
+client_id = "gw-17"
+username = "gw-17"
+password = "secret"
+topics = ["sensors/# out 1", "cmd/# in 1 \"\" site17/"]
+max_journal_bytes = 1000
+"#;
+        let c = crate::Config::parse(text, std::path::Path::new("t.toml")).expect("valid");
+        let b = &c.bridges[0];
+        assert_eq!(b.addresses.len(), 2);
+        assert_eq!(b.remote_client_id(), "gw-17");
+        assert_eq!(
+            (b.max_journal_bytes, b.max_inflight, b.clean_session),
+            (1000, 20, false)
+        );
+        let rules = b.rules();
+        assert_eq!(rules[1].remote_filter.as_str(), "site17/cmd/#");
+        let dup = format!("{text}{text}");
+        let e = crate::Config::parse(&dup, std::path::Path::new("t.toml")).expect_err("dup");
+        assert!(
+            e.to_string()
+                .contains("bridge[cloud].name: is used by another bridge"),
+            "{e}"
         );
     }
 }
