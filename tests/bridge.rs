@@ -517,7 +517,15 @@ async fn journal_bound_refuses_new_messages() {
     b.wait_log("bridge disconnected");
     let mut publisher = connect(b.addr, "publisher").await;
     publish_numbered(&mut publisher, "j/seq", 150).await;
-    b.wait_log_lines(&["subscriber queue full", "client_id=$bridge/small"], 1);
+    b.wait_log_lines(
+        &[
+            "subscriber queue full",
+            "client_id=$bridge/small",
+            "limit=bridge.max_journal_messages",
+            "limit_value=100",
+        ],
+        1,
+    );
     let m = Mosquitto::start_in(mdir, port, &persistence);
     let mut collector = resume(m.addr, "collector").await;
     expect_numbered(&mut collector, 100, 20).await;
@@ -571,4 +579,19 @@ async fn tls_to_the_remote_with_a_client_certificate() {
     let b2 = BrokerProc::start(&bridge_toml("bad", &[tls_addr], &["s/# out 1"], &wrong));
     b2.wait_log("TLS handshake failed");
     assert!(!b2.log().contains("bridge connected"), "{}", b2.log());
+}
+
+/// issue #11 item 2: a client may not take the client id of a bridge's journal session
+/// (`$bridge/NAME`): CONNACK 0x02, and the bridge keeps forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_client_ids_are_reserved() {
+    let m = Mosquitto::start(0, "");
+    let b = BrokerProc::start(&bridge_toml("j", &[m.addr], &["r/# out 1"], ""));
+    let mut raw = common::Raw::connect(b.addr);
+    raw.send(&common::connect_packet("$bridge/j", true, 30));
+    assert_eq!(raw.expect_packet("CONNACK"), vec![0x20, 0x02, 0x00, 0x02]);
+    let mut on_m = connect(m.addr, "sub").await;
+    on_m.subscribe("r/#", QoS::AtLeastOnce).await;
+    let pub_b = connect(b.addr, "pub").await;
+    until_forwarded(&pub_b, &mut on_m, "r/probe").await;
 }

@@ -460,6 +460,9 @@ impl Link {
             let waiting = !conn.pending.is_empty();
             let next_tick = if keep_alive.is_zero() {
                 Instant::now() + Duration::from_secs(3600)
+            } else if ping_sent {
+                // Waiting for the PINGRESP (or anything): only the silence deadline is left.
+                conn.last_in + keep_alive * 3 / 2
             } else {
                 (conn.last_out + keep_alive).min(conn.last_in + keep_alive * 3 / 2)
             };

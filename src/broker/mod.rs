@@ -424,8 +424,8 @@ impl Broker {
                 client_id = %session.client_id,
                 session_dropped = session.dropped.load(Ordering::Relaxed),
                 total_dropped = total,
-                limit = %full.key(),
-                limit_value = full.value(&inner.limits),
+                limit = %full.key_for(session),
+                limit_value = full.value(session.limits(&inner.limits)),
                 "subscriber queue full: dropping messages (warning at most once a second)"
             );
         }

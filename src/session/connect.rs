@@ -139,6 +139,17 @@ async fn accept_connect<T: Transport>(
             return None;
         }
         assign_client_id().into()
+    } else if c.client_id.starts_with("$bridge/") {
+        // Issue #11: the journals of our own bridges; a client taking one over would stop it.
+        folded!(
+            log,
+            Kind::Refused,
+            warn,
+            "client id in $bridge/ (reserved for bridge journals): refused (0x02)"
+        );
+        refuse(&mut io, connack::IDENTIFIER_REJECTED);
+        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+        return None;
     } else {
         debug_assert!(!has_forbidden_char(&c.client_id));
         c.client_id.as_str().into()
