@@ -184,6 +184,19 @@ pub struct TlsConfig {
 pub struct LogConfig {
     /// A tracing-subscriber filter such as "info" or "brokerd=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// How each line is written: text for people, one JSON object for log shippers.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL span: target: message key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields (with message), span(s).
+    Json,
 }
 
 impl Default for ListenerConfig {
@@ -250,6 +263,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

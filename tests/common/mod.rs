@@ -36,6 +36,15 @@ impl BrokerProc {
 
     /// Like `start`, in a given directory (to restart on the same data directory).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> BrokerProc {
+        Self::start_with(dir, extra, |_| {})
+    }
+
+    /// Like `start_in`, with `tweak` applied to the command last (environment, uid, ...).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        tweak: impl FnOnce(&mut Command),
+    ) -> BrokerProc {
         let config_path = dir.path().join("broker.toml");
         let listener_extra = if extra.contains("[listener]") {
             String::new()
@@ -48,15 +57,15 @@ impl BrokerProc {
         let tls = brokerd::Config::parse(&config_text, &config_path).is_ok_and(|c| c.tls.enabled);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
+        cmd.arg("--config")
             .arg(&config_path)
             .current_dir(dir.path())
             .env("RUST_LOG", "brokerd=debug")
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn brokerd");
+            .stderr(stderr);
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn brokerd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
