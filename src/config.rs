@@ -40,6 +40,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    pub http: HttpConfig,
+    pub sys: SysConfig,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -176,6 +178,39 @@ pub struct TlsConfig {
     /// The client certificate's subject CN is the MQTT username, and the CONNECT's username and
     /// password are not used for authentication (Mosquitto's `use_identity_as_username`).
     pub use_identity_as_username: bool,
+}
+
+/// `[http]`: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; see
+/// src/admin/).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address and port; port 0 picks a free port (printed as `listening http on ADDR`).
+    pub bind: String,
+}
+
+/// `[sys]`: the `$SYS/broker/...` topics (Mosquitto's `sys_interval`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` tree; 0 = off.
+    pub interval_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_s: 10 }
+    }
 }
 
 /// `[log]`: tracing output.
@@ -352,6 +387,9 @@ impl Config {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
         self.tls.validate(&mut bad);
+        if self.http.bind.parse::<SocketAddr>().is_err() {
+            bad("http.bind", "must be an IP:port such as \"127.0.0.1:8081\"");
+        }
         if self
             .log
             .level
@@ -373,6 +411,14 @@ impl Config {
     /// The TLS listener address (validated).
     pub fn tls_bind_addr(&self) -> SocketAddr {
         self.tls.bind.parse().expect("validate() checked tls.bind")
+    }
+
+    /// The admin HTTP address (validated).
+    pub fn http_bind_addr(&self) -> SocketAddr {
+        self.http
+            .bind
+            .parse()
+            .expect("validate() checked http.bind")
     }
 
     /// The listener address (validated).

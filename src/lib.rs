@@ -15,6 +15,7 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L4 | `admin` (`http`) | the admin HTTP port: `/healthz`, `/readyz`; `probe` behind `brokerd health` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -40,6 +41,7 @@
 //! connection's `pending_acks` until the writer reports that state durable
 //! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
+mod admin;
 mod auth;
 #[doc(hidden)]
 pub mod bench_api;
@@ -66,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use admin::http::{probe, ProbeError};
 pub use config::{Config, ConfigError};
 pub use ops::reload::LogLevelHook;
 
@@ -107,6 +110,8 @@ pub struct Listening {
     pub mqtt: SocketAddr,
     /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
     pub tls: Option<SocketAddr>,
+    /// The admin HTTP port (`[http] bind`), when `[http] enabled`.
+    pub http: Option<SocketAddr>,
 }
 
 /// Asks a running broker to reload what it can without a restart. Clone it into a signal
@@ -223,6 +228,8 @@ pub async fn run(
     } else {
         None
     };
+    // Up before the store loads: /healthz answers and /readyz says 503 during a long load.
+    let admin = admin::AdminServer::start(&config).await?;
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -337,9 +344,13 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(a) = &admin {
+        a.admin.set_ready();
+    }
     ready(Listening {
         mqtt: local,
         tls: tls_local,
+        http: admin.as_ref().map(|a| a.addr),
     });
     let accept = server::accept_loop(
         listener,
@@ -376,6 +387,9 @@ pub async fn run(
         .await
         .unwrap_or(Ok(()));
     broker.log_summary();
+    if let Some(a) = admin {
+        a.stop().await;
+    }
     closed.map_err(|e| {
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())

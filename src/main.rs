@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, value_name = "N")]
         iterations: Option<u32>,
     },
+    /// Probe a running broker's admin port: GET /healthz, exit 0 on 200 and 1 otherwise, saying
+    /// why. Needs no shell or curl (the Docker HEALTHCHECK). The address is `[http] bind` of
+    /// the configuration (0.0.0.0 and [::] are probed on loopback), or --url.
+    Health {
+        /// Read `[http] bind` from this TOML file (default: the built-in defaults).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Probe this URL instead, e.g. http://127.0.0.1:8081/healthz.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Connect and answer timeout, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +97,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         let what = if added { "added" } else { "updated" };
         println!("{}: {what} user {user}", file.display());
         return Ok(());
+    }
+    if let Some(Command::Health {
+        config,
+        url,
+        timeout_ms,
+    }) = &args.command
+    {
+        return health(config.as_deref(), url.clone(), *timeout_ms);
     }
     if args.print_default_config {
         print!("{DEFAULT_CONFIG_TOML}");
@@ -138,6 +160,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             if let Some(tls) = at.tls {
                 let _ = writeln!(out, "listening tls on {tls}");
             }
+            if let Some(http) = at.http {
+                let _ = writeln!(out, "listening http on {http}");
+            }
             let _ = out.flush();
             // Every listener is bound and the store is loaded: `run` calls this only then.
             let mut status = format!("listening on {}", at.mqtt);
@@ -152,6 +177,31 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(())
     })
+}
+
+/// `brokerd health`: one probe of /healthz; Ok (exit 0) only on a 200.
+fn health(
+    config: Option<&std::path::Path>,
+    url: Option<String>,
+    timeout_ms: u64,
+) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let config = match config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if !config.http.enabled {
+                anyhow::bail!("[http] enabled = false: no admin port to probe (use --url)");
+            }
+            format!("http://{}/healthz", config.http_bind_addr())
+        }
+    };
+    let limit = std::time::Duration::from_millis(timeout_ms.max(1));
+    let status = brokerd::probe(&url, limit).with_context(|| format!("unhealthy: {url}"))?;
+    println!("healthy: {url}: {status}");
+    Ok(())
 }
 
 /// Tells the service manager (systemd, `Type=notify`) `state`, when there is one; a failure

@@ -317,7 +317,11 @@ fn address_in_use_is_reported_once_with_the_address() {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();
     let path = dir.path().join("busy.toml");
-    std::fs::write(&path, format!("[listener]\nbind = \"{addr}\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[listener]\nbind = \"{addr}\"\n[http]\nbind = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
     let (status, out, err) = run_brokerd(&["--config", path.to_str().unwrap()], dir.path(), WAIT);
     let status = status.expect("brokerd on a busy address did not exit");
     assert!(!status.success(), "started on a busy address; stdout {out}");
