@@ -107,3 +107,109 @@ fn json_log_lines_are_objects_with_level_target_and_fields() {
     );
     assert!(messages.len() >= 4, "{log}");
 }
+
+/// Runs brokerd on `toml` (bound to 127.0.0.1:0) as a user that is not root: uid 65534 when
+/// the test runs as root (root ignores file modes), else the test's own user. Asserts it
+/// refuses to start within `WAIT`; returns (the uid it ran as, its stderr).
+fn refused_as_non_root(dir: &std::path::Path, toml: &str) -> (u32, String) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let config = dir.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!("[listener]\nbind = \"127.0.0.1:0\"\n{toml}"),
+    )
+    .unwrap();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir, open).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let me = own_uid();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_brokerd"));
+    cmd.arg("--config")
+        .arg(&config)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let uid = if me == 0 {
+        cmd.uid(65534).gid(65534);
+        65534
+    } else {
+        me
+    };
+    let mut child = cmd.spawn().expect("spawn brokerd");
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("brokerd started although it cannot use its files");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "it listened"
+    );
+    (uid, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The test's effective uid (from /proc, so the test needs no extra crate).
+fn own_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("uid from /proc/self/status")
+}
+
+/// issue #10 item 4: a password file the broker's user cannot read (as in a container, a
+/// root-owned file mounted for a non-root user) stops the start-up with an error that says
+/// which uid needs access to which file.
+#[test]
+fn unreadable_password_file_names_the_uid_that_needs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, "").unwrap();
+    // Root: owned by root, 0600 (unreadable to uid 65534). Others: mode 000.
+    let mode = if own_uid() == 0 { 0o600 } else { 0o000 };
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(mode)).unwrap();
+    let (uid, err) = refused_as_non_root(
+        dir.path(),
+        &format!("[auth]\npassword_file = \"{}\"\n", passwd.display()),
+    );
+    let hint = format!(
+        "brokerd runs as uid {uid}; make {} readable by uid {uid}",
+        passwd.display()
+    );
+    assert!(err.contains(&hint), "no {hint:?} in:\n{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// issue #10 item 4: a data directory the broker's user cannot write (a root-owned volume)
+/// stops the start-up with an error naming the directory and the uid that needs access.
+#[test]
+fn unwritable_data_dir_names_the_uid_that_needs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let (uid, err) = refused_as_non_root(
+        dir.path(),
+        &format!(
+            "[persistence]\nenabled = true\npath = \"{}\"\n",
+            data.display()
+        ),
+    );
+    let hint = format!(
+        "brokerd runs as uid {uid}; make {} readable and writable by uid {uid}",
+        data.display()
+    );
+    assert!(err.contains(&hint), "no {hint:?} in:\n{err}");
+}
