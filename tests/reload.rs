@@ -15,15 +15,20 @@ use common::*;
 const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 const CONNACK_NOT_AUTHORIZED: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
 
-/// Replaces the broker's configuration file with `toml` (on the same listener address line
-/// the harness wrote, so the listener is no change unless `toml` has its own `[listener]`).
+/// Replaces the broker's configuration file with `toml` (with the listener and admin port
+/// lines the harness wrote, so those are no change unless `toml` has its own sections).
 fn rewrite(b: &BrokerProc, toml: &str) {
     let listener = if toml.contains("[listener]") {
         ""
     } else {
         "[listener]\nbind = \"127.0.0.1:0\"\n"
     };
-    std::fs::write(&b.config_path, format!("{listener}{toml}\n")).expect("rewrite config");
+    let http = if toml.contains("[http]") {
+        ""
+    } else {
+        "\n[http]\nbind = \"127.0.0.1:0\"\n"
+    };
+    std::fs::write(&b.config_path, format!("{listener}{toml}\n{http}")).expect("rewrite config");
 }
 
 /// Sends SIGHUP and waits for the `n`-th line saying how that reload ended (`outcome`:
@@ -244,6 +249,10 @@ fn restart_only_keys_are_reported_and_kept() {
         assert!(warn.contains(key), "{key} missing: {warn}");
     }
     assert!(!warn.contains("max_publish_rate"), "{warn}");
+    assert!(
+        !warn.contains("http."),
+        "an unchanged section reported: {warn}"
+    );
     assert!(
         last_line(&log, "config reloaded").contains("changed=limits.max_publish_rate"),
         "{log}"

@@ -256,4 +256,27 @@ mod tests {
             assert!(all.contains_key(*key), "{key}");
         }
     }
+
+    /// issue #10 item 4: the image's configuration (docker/broker.toml) is valid and differs
+    /// from the defaults in exactly the keys its header names.
+    #[test]
+    fn docker_config_is_the_defaults_but_for_its_documented_keys() {
+        let text = include_str!("../../docker/broker.toml");
+        let docker = Config::parse(text, std::path::Path::new("docker/broker.toml"))
+            .expect("docker/broker.toml is valid");
+        assert!(docker.persistence.enabled);
+        let c = changes(&keys(""), &keys(text));
+        let mut all = c.applied;
+        all.extend(c.need_restart);
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                "listener.bind",
+                "persistence.enabled",
+                "persistence.path",
+                "tls.bind"
+            ]
+        );
+    }
 }
