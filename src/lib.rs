@@ -17,6 +17,7 @@
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
 //! | L4 | `admin` (`http`) | the admin HTTP port: `/healthz`, `/readyz`; `probe` behind `brokerd health` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
+//! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
