@@ -320,8 +320,14 @@ pub async fn run(
     let admission = server::Admission::new(&config.limits);
     if let Some((path, log_level)) = reload.source.clone() {
         let acceptor = tls_listener.as_ref().map(|(_, _, a)| a.clone());
-        let reloader =
-            ops::reload::Reloader::new(path, config.clone(), ctx.clone(), acceptor, log_level);
+        let reloader = ops::reload::Reloader::new(
+            path,
+            config.clone(),
+            ctx.clone(),
+            admission.clone(),
+            acceptor,
+            log_level,
+        );
         spawn_config_reloader(reloader, reload.subscribe(), &token, &tracker);
     }
     let tls_local = match tls_listener {

@@ -263,3 +263,74 @@ fn restart_only_keys_are_reported_and_kept() {
     d.ping();
     b.stop();
 }
+
+/// Whether a new client gets a CONNACK (false: closed at once, as at `max_connections`).
+fn admitted(b: &BrokerProc, id: &str) -> Option<Raw> {
+    let mut raw = Raw::connect(b.addr);
+    raw.send(&connect_packet(id, true, 60));
+    match raw.read_packet() {
+        Some(ack) => {
+            assert_eq!(ack, CONNACK_OK, "{id}");
+            Some(raw)
+        }
+        None => None,
+    }
+}
+
+/// issue #10 item 6: `limits.max_connections` lowered below the connections open refuses new
+/// clients and keeps the connected ones (documented: nobody is closed for it); raised again,
+/// new clients are admitted at once.
+#[test]
+fn max_connections_lowered_and_raised_on_sighup() {
+    let b = BrokerProc::start("[limits]\nmax_connections = 4\n");
+    let mut one = admitted(&b, "one").expect("first client");
+    let mut two = admitted(&b, "two").expect("second client");
+    rewrite(&b, "[limits]\nmax_connections = 1\n");
+    let log = hup(&b, "config reloaded", 1);
+    assert!(
+        last_line(&log, "config reloaded").contains("changed=limits.max_connections"),
+        "{log}"
+    );
+    assert!(
+        admitted(&b, "refused").is_none(),
+        "admitted over the lowered limit"
+    );
+    b.wait_log_lines(
+        &[
+            "WARN",
+            "limits.max_connections reached",
+            "max_connections=1",
+        ],
+        1,
+    );
+    one.ping();
+    two.ping();
+    // Both leave: the slots the lowered limit took back are absorbed as they close, and then
+    // exactly one new client fits.
+    drop(two);
+    drop(one);
+    let deadline = Instant::now() + WAIT;
+    let mut three = loop {
+        if let Some(c) = admitted(&b, "three") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no slot after both clients left");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        admitted(&b, "four").is_none(),
+        "two clients under max_connections = 1"
+    );
+    rewrite(&b, "[limits]\nmax_connections = 3\n");
+    hup(&b, "config reloaded", 2);
+    let mut four = admitted(&b, "four-again").expect("admitted after raising the limit");
+    let mut five = admitted(&b, "five").expect("admitted after raising the limit");
+    assert!(
+        admitted(&b, "six").is_none(),
+        "four clients under max_connections = 3"
+    );
+    three.ping();
+    four.ping();
+    five.ping();
+    b.stop();
+}

@@ -49,10 +49,11 @@ impl ConnLimits {
             .limiter()
     }
 
-    /// A reload: connections accepted from now on get these publish rates; connected clients
-    /// keep theirs.
-    pub(crate) fn set_publish_rate(&self, l: &LimitsConfig) {
+    /// A reload: connections accepted from now on get these publish rates (connected clients
+    /// keep theirs), and connection log lines fold at the new `max_conn_log_lines_per_s`.
+    pub(crate) fn apply(&self, l: &LimitsConfig) {
         *self.publish.write().unwrap_or_else(PoisonError::into_inner) = PublishRate::new(l);
+        self.log.set_threshold(l.max_conn_log_lines_per_s);
     }
 
     /// Counts a connection refused at accept; returns how many `why` refused so far.

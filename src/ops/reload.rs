@@ -16,14 +16,17 @@ use tracing::{error, info, warn};
 
 use crate::auth::Auth;
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
+use crate::server::Admission;
 use crate::session::ConnContext;
 use crate::transport::TlsAcceptor;
 
 /// The keys a reload applies. Everything else that changed needs a restart.
 pub(crate) const RELOADABLE: &[&str] = &[
     "log.level",
+    "limits.max_connections",
     "limits.max_publish_rate",
     "limits.max_publish_bytes_rate",
+    "limits.max_conn_log_lines_per_s",
     "auth.allow_anonymous",
     "auth.password_file",
     "auth.password_format",
@@ -95,16 +98,21 @@ pub(crate) struct Reloader {
     running: Config,
     keys: Keys,
     ctx: Arc<ConnContext>,
+    admission: Admission,
     tls: Option<TlsAcceptor>,
     log_level: LogLevelHook,
+    /// Where a lowered `max_connections` waits for connections to end.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Reloader {
     /// `running` was loaded from `path` at start-up.
+    /// Call from within the runtime.
     pub(crate) fn new(
         path: PathBuf,
         running: Config,
         ctx: Arc<ConnContext>,
+        admission: Admission,
         tls: Option<TlsAcceptor>,
         log_level: LogLevelHook,
     ) -> Reloader {
@@ -119,8 +127,10 @@ impl Reloader {
             running,
             keys,
             ctx,
+            admission,
             tls,
             log_level,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -147,8 +157,10 @@ impl Reloader {
         // The configuration to run on: the running one with the reloadable keys taken over.
         let mut next = self.running.clone();
         next.log.level = new.log.level.clone();
+        next.limits.max_connections = new.limits.max_connections;
         next.limits.max_publish_rate = new.limits.max_publish_rate;
         next.limits.max_publish_bytes_rate = new.limits.max_publish_bytes_rate;
+        next.limits.max_conn_log_lines_per_s = new.limits.max_conn_log_lines_per_s;
         next.auth = new.auth.clone();
         // Build everything first. The password and ACL files (and the certificate files) are
         // read again even when their names did not change: their content may have.
@@ -164,7 +176,11 @@ impl Reloader {
         }
         // Swap: none of these can fail.
         self.ctx.authorizer.replace(auth);
-        self.ctx.limits.set_publish_rate(&next.limits);
+        self.ctx.limits.apply(&next.limits);
+        if next.limits.max_connections != self.running.limits.max_connections {
+            self.admission
+                .set_max_connections(next.limits.max_connections, &self.runtime);
+        }
         if let (Some(acceptor), Some(prepared)) = (&self.tls, tls) {
             acceptor.install(prepared, "reload request");
         }
