@@ -334,3 +334,36 @@ fn max_connections_lowered_and_raised_on_sighup() {
     five.ping();
     b.stop();
 }
+
+/// issue #10 item 6: a broken certificate rejects the whole reload: a log level changed in the
+/// same file is not applied (no debug line afterwards), the error names the TLS problem, and a
+/// plain client connected before keeps working.
+#[test]
+fn broken_certificate_rejects_the_whole_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = certs::Ca::new("reload test CA");
+    let (cert, key) = ca.server("127.0.0.1", 1).write(dir.path(), "server");
+    let tls = format!(
+        "[tls]\nenabled = true\nbind = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let b = BrokerProc::start_with(dir, &format!("{tls}[log]\nlevel = \"info\"\n"), |cmd| {
+        cmd.env_remove("RUST_LOG");
+    });
+    let mut c = Raw::connected(b.addr, "plain-before");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").expect("break");
+    rewrite(&b, &format!("{tls}[log]\nlevel = \"debug\"\n"));
+    let log = hup(&b, "config reload rejected", 1);
+    let line = last_line(&log, "config reload rejected");
+    assert!(line.contains("ERROR") && line.contains("tls"), "{line}");
+    c.send(&ack_packet(0x40, 4244));
+    c.ping();
+    assert!(
+        !b.log().contains("unknown packet id"),
+        "the rejected log level was applied:\n{}",
+        b.log()
+    );
+    assert!(!b.log().contains("config reloaded"), "{}", b.log());
+    b.stop();
+}
