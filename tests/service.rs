@@ -95,10 +95,11 @@ fn json_log_lines_are_objects_with_level_target_and_fields() {
         .find(|v| v["fields"]["message"] == "client connected")
         .unwrap_or_else(|| panic!("no connect line; log:\n{log}"));
     assert_eq!(connect["level"], "INFO", "{connect}");
-    assert!(
-        connect.to_string().contains("json-client"),
+    assert_eq!(
+        connect["span"]["client_id"], "json-client",
         "the connect line does not name the client: {connect}"
     );
+    assert_eq!(connect["target"], "brokerd::session::connect", "{connect}");
     assert!(
         messages
             .iter()
