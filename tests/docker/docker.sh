@@ -4,8 +4,9 @@
 # pulled, no registry is needed), runs it with podman on the host network on free ports, and
 # checks from the host with the Mosquitto clients: publish/subscribe, a retained message that
 # survives re-creating the container on the same volume, `podman stop` exiting 0 within the
-# grace period with a clean shutdown in the log, the HEALTHCHECK turning healthy, and the
-# error a root-owned data directory or password file gives (naming uid 10001).
+# grace period with a clean shutdown in the log, the HEALTHCHECK turning healthy, SIGHUP
+# reloading the mounted configuration, and the error a root-owned data directory or password
+# file gives (naming uid 10001).
 #
 #   bash tests/docker/docker.sh        (as root; needs buildah podman runc, mosquitto-clients)
 #
@@ -187,6 +188,15 @@ if [[ -n "$healthy" && "$status" == healthy ]]; then
 else
     bad "healthcheck: run=${healthy:-failed} status=$status"
 fi
+# SIGHUP through the container runtime reloads the mounted configuration.
+pod kill -s HUP brokerd-ci-2 >/dev/null
+reloaded=""
+for _ in $(seq 1 50); do
+    logs=$(pod logs brokerd-ci-2 2>&1)
+    if grep -q 'config reloaded' <<<"$logs"; then reloaded=yes; break; fi
+    sleep 0.1
+done
+if [[ -n "$reloaded" ]]; then ok "podman kill -s HUP reloads the configuration"; else bad "no reload after SIGHUP: $(pod logs brokerd-ci-2 2>&1 | tail -3)"; fi
 pod stop -t 10 brokerd-ci-2 >/dev/null
 pod rm brokerd-ci-2 >/dev/null
 
