@@ -117,9 +117,10 @@ pub struct Listening {
 
 /// Asks a running broker to reload what it can without a restart. Clone it into a signal
 /// handler (SIGHUP) and call `reload`. Made `with_config_file`, a reload re-reads that file and
-/// applies what can change while running (see `ops::reload`: the log level, the publish rates,
-/// the password and ACL files, the TLS files); made with `new`, it reloads the TLS certificate,
-/// key and CA files only.
+/// applies what can change while running (`ops::reload::RELOADABLE`: the log level, some
+/// limits, `[auth]` and the password and ACL files; and the TLS files); made with `new`, it
+/// reloads the TLS certificate, key and CA files only. A request made before `run` is ready
+/// is not kept.
 #[derive(Clone)]
 pub struct ReloadHandle {
     requests: Arc<tokio::sync::watch::Sender<u64>>,
@@ -334,7 +335,7 @@ pub async fn run(
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
             // With a configuration file, SIGHUP reloads the TLS files as part of the whole
-            // configuration (below); the poller keeps watching them for changes.
+            // configuration (the reloader above); the poller keeps watching them for changes.
             let signals = reload.source.is_none().then(|| reload.subscribe());
             spawn_tls_reloader(acceptor.clone(), signals, &token, &tracker);
             let accept = server::accept_loop(
