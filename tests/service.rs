@@ -15,8 +15,9 @@ fn recv(sock: &UnixDatagram) -> String {
 }
 
 /// issue #10 item 5: with `$NOTIFY_SOCKET` (abstract namespace, as systemd sets it), the broker
-/// sends READY=1 with a STATUS line once it listens, and the MQTT port accepts a client at that
-/// moment; SIGTERM sends STOPPING=1 before the clean exit.
+/// sends READY=1 with a STATUS line naming its address once it listens, and a client that
+/// connects to that address the moment READY=1 arrives (before the test reads stdout) gets its
+/// CONNACK; SIGTERM sends STOPPING=1 before the clean exit.
 #[test]
 fn notify_socket_gets_ready_then_stopping() {
     let name = format!("brokerd-notify-test-{}", std::process::id());
@@ -25,22 +26,27 @@ fn notify_socket_gets_ready_then_stopping() {
         std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("address")
     };
     let sock = UnixDatagram::bind_addr(&addr).expect("bind the notify socket");
+    // Acts on READY=1 alone, like a unit ordered after brokerd.service.
+    let at_ready = std::thread::spawn(move || {
+        let ready = recv(&sock);
+        let lines: Vec<&str> = ready.lines().collect();
+        assert_eq!(lines.first(), Some(&"READY=1"), "{ready:?}");
+        let addr: std::net::SocketAddr = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("STATUS=listening on "))
+            .unwrap_or_else(|| panic!("no STATUS with the address in {ready:?}"))
+            .parse()
+            .expect("address in STATUS");
+        let mut c = Raw::connected(addr, "at-ready");
+        c.ping();
+        (addr, sock)
+    });
     let dir = tempfile::tempdir().expect("tempdir");
     let b = BrokerProc::start_with(dir, "", |cmd| {
         cmd.env("NOTIFY_SOCKET", format!("@{name}"));
     });
-    let ready = recv(&sock);
-    let lines: Vec<&str> = ready.lines().collect();
-    assert_eq!(lines.first(), Some(&"READY=1"), "{ready:?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| *l == format!("STATUS=listening on {}", b.addr)),
-        "{ready:?}"
-    );
-    // Ready means ready: a client gets its CONNACK right away.
-    let mut c = Raw::connected(b.addr, "after-ready");
-    c.ping();
+    let (ready_addr, sock) = at_ready.join().expect("READY=1 without a usable listener");
+    assert_eq!(ready_addr, b.addr);
     b.signal("TERM");
     let stopping = recv(&sock);
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
