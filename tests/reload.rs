@@ -367,3 +367,27 @@ fn broken_certificate_rejects_the_whole_reload() {
     assert!(!b.log().contains("config reloaded"), "{}", b.log());
     b.stop();
 }
+
+/// issue #10 item 6: `allow_anonymous = false` written into the file applies on SIGHUP: the
+/// reload says the new rule, a new anonymous client gets CONNACK 0x05, and an anonymous client
+/// connected before stays connected.
+#[test]
+fn anonymous_rule_changes_on_sighup() {
+    let b = BrokerProc::start("");
+    let mut before = admitted(&b, "anon-before").expect("anonymous allowed on loopback");
+    rewrite(&b, "[auth]\nallow_anonymous = false\n");
+    let log = hup(&b, "config reloaded", 1);
+    assert!(
+        last_line(&log, "config reloaded").contains("changed=auth.allow_anonymous"),
+        "{log}"
+    );
+    assert!(
+        log.contains("config reload: anonymous clients refused ([auth] allow_anonymous = false)"),
+        "{log}"
+    );
+    let mut raw = Raw::connect(b.addr);
+    raw.send(&connect_packet("anon-after", true, 60));
+    assert_eq!(raw.read_packet(), Some(CONNACK_NOT_AUTHORIZED.to_vec()));
+    before.ping();
+    b.stop();
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use crate::auth::Auth;
+use crate::auth::{Anonymous, Auth};
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::server::Admission;
 use crate::session::ConnContext;
@@ -196,6 +196,13 @@ impl Reloader {
             // nothing has been swapped yet.
             (self.log_level)(&next.log.level)?;
         }
+        // Said again when it changes (the start-up log says it once).
+        let anonymous = (auth.anonymous()
+            != Anonymous::decide(
+                self.running.auth.allow_anonymous,
+                &self.running.listener_addrs(),
+            ))
+        .then(|| auth.anonymous().to_string());
         // Swap: none of these can fail.
         self.ctx.authorizer.replace(auth);
         self.ctx.limits.apply(&next.limits);
@@ -205,6 +212,9 @@ impl Reloader {
         }
         if let (Some(acceptor), Some(prepared)) = (&self.tls, tls) {
             acceptor.install(prepared, "reload request");
+        }
+        if let Some(rule) = anonymous {
+            info!("config reload: {rule}");
         }
         if !changes.need_restart.is_empty() {
             warn!(
