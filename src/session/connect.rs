@@ -263,7 +263,7 @@ async fn accept_connect<T: Transport>(
         pending_acks: VecDeque::new(),
         pending_subacks: 0,
         persisted: !c.clean_session && ctx.broker.store().enabled(),
-        limiter: ctx.limits.publish.limiter(),
+        limiter: ctx.limits.publish_limiter(),
     };
     // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();
