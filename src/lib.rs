@@ -15,7 +15,8 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
-//! | L4 | `admin` (`http`) | the admin HTTP port: `/healthz`, `/readyz`; `probe` behind `brokerd health` |
+//! | L0 | `admin::metrics` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text |
+//! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -232,6 +233,7 @@ pub async fn run(
         None => None,
     };
     let closing = CancellationToken::new();
+    let metrics = Arc::new(admin::metrics::Metrics::new());
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
         authorizer: session::Authorizer::new(auth),
@@ -240,6 +242,7 @@ pub async fn run(
         max_keepalive_s: config.limits.max_keepalive_s,
         limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
+        metrics: metrics.clone(),
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -309,7 +312,18 @@ pub async fn run(
         None => None,
     };
     if let Some(a) = &admin {
-        a.admin.set_ready();
+        a.admin.set_ready(admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        });
+    }
+    if config.sys.interval_s > 0 {
+        let src = admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        };
+        let every = Duration::from_secs(config.sys.interval_s);
+        tracker.spawn(admin::sys::run(src, every, closing.clone()));
     }
     ready(Listening {
         mqtt: local,

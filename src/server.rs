@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, field, info_span, warn, Instrument};
 
+use crate::admin::metrics::Refused;
 use crate::config::LimitsConfig;
 use crate::limits::accept::{AcceptGate, Admitted, Refusal};
 use crate::limits::log_fold::{folded, Kind as LogKind};
@@ -114,12 +115,14 @@ pub(crate) async fn accept_loop(
         };
         let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
             let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            ctx.metrics.refused(Refused::MaxConnections);
             if n.is_power_of_two() {
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
             }
             drop(stream);
             continue;
         };
+        ctx.metrics.sockets_accepted.fetch_add(1, Ordering::Relaxed);
         // Every log line of the connection carries its peer address and (after CONNECT) client id.
         let (ctx, token) = (ctx.clone(), shutdown.clone());
         match &kind {

@@ -198,3 +198,247 @@ fn bad_http_input_gets_a_defined_answer() {
     );
     assert_eq!(get(addr, "/healthz").status, 200);
 }
+
+/// Parses the Prometheus text exposition format strictly enough to catch mistakes: every
+/// sample belongs to a family announced by `# HELP` and `# TYPE` lines, counters end in
+/// `_total`, histograms have `_bucket`/`_sum`/`_count`, names are `brokerd_*`, values are
+/// numbers, no series appears twice. Returns "name{labels}" -> value.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    use std::collections::HashMap;
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps = std::collections::HashSet::new();
+    let mut out = HashMap::new();
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP text");
+            assert!(!help.is_empty(), "{line}");
+            assert!(helps.insert(name.to_owned()), "HELP twice: {line}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(helps.contains(name), "TYPE before HELP: {line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter without _total: {line}");
+            }
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{line}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("sample value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().expect("name");
+        assert!(name.starts_with("brokerd_"), "{line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample without TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}') && labels.contains("=\""),
+                    "{line}"
+                );
+            }
+        }
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "twice: {line}"
+        );
+    }
+    out
+}
+
+fn scrape(b: &BrokerProc) -> std::collections::HashMap<String, f64> {
+    let r = get(http(b), "/metrics");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{r:?}"
+    );
+    parse_prometheus(&r.body)
+}
+
+fn value(m: &std::collections::HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {:?}", m.keys().collect::<Vec<_>>()))
+}
+
+/// issue #10 item 3: /metrics parses as Prometheus text, and after real publishes (rumqttc)
+/// its counters moved by exactly what was sent: PUBLISH received and sent by QoS, payload
+/// bytes, connections, subscriptions, retained messages; and every metric the README lists
+/// is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_real_traffic_exactly() {
+    let b = BrokerProc::start("[sys]\ninterval_s = 0\n");
+    let before = scrape(&b);
+    for name in [
+        "brokerd_uptime_seconds",
+        "brokerd_connections",
+        "brokerd_connections_max",
+        "brokerd_sockets_accepted_total",
+        "brokerd_connections_accepted_total",
+        "brokerd_auth_failures_total",
+        "brokerd_sessions",
+        "brokerd_subscriptions",
+        "brokerd_retained_messages",
+        "brokerd_queued_messages",
+        "brokerd_queued_bytes",
+        "brokerd_inflight_messages",
+        "brokerd_messages_routed_total",
+        "brokerd_received_bytes_total",
+        "brokerd_sent_bytes_total",
+        "brokerd_publish_received_payload_bytes_total",
+        "brokerd_publish_sent_payload_bytes_total",
+        "brokerd_resident_memory_bytes",
+        "brokerd_publish_received_total{qos=\"0\"}",
+        "brokerd_publish_sent_total{qos=\"2\"}",
+        "brokerd_connections_refused_total{reason=\"max_connections\"}",
+        "brokerd_connections_refused_total{reason=\"not_authorized\"}",
+        "brokerd_messages_dropped_total{reason=\"max_queued_messages\"}",
+        "brokerd_messages_dropped_total{reason=\"max_queued_bytes\"}",
+        "brokerd_messages_dropped_total{reason=\"fair_share\"}",
+        "brokerd_messages_dropped_total{reason=\"max_queued_bytes_total\"}",
+        "brokerd_messages_dropped_total{reason=\"publish_denied\"}",
+        "brokerd_store_flush_duration_seconds_bucket{le=\"+Inf\"}",
+        "brokerd_store_flush_duration_seconds_count",
+        "brokerd_http_requests_total",
+    ] {
+        value(&before, name);
+    }
+    assert_eq!(value(&before, "brokerd_connections"), 0.0);
+    let mut sub = common::connect(b.addr, "m-sub").await;
+    sub.subscribe("m/#", rumqttc::QoS::AtLeastOnce).await;
+    let mut publ = common::connect(b.addr, "m-pub").await;
+    // 3 x QoS 0 (5 bytes each), 2 x QoS 1 (7 bytes), 1 x QoS 2 (11 bytes), one of them retained.
+    for _ in 0..3 {
+        publ.publish("m/a", rumqttc::QoS::AtMostOnce, false, *b"12345")
+            .await;
+    }
+    for _ in 0..2 {
+        publ.publish("m/b", rumqttc::QoS::AtLeastOnce, false, *b"1234567")
+            .await;
+    }
+    publ.publish("m/c", rumqttc::QoS::ExactlyOnce, true, *b"12345678901")
+        .await;
+    for _ in 0..6 {
+        sub.next_publish().await;
+    }
+    publ.barrier().await;
+    sub.barrier().await;
+    let after = scrape(&b);
+    let delta = |s: &str| value(&after, s) - value(&before, s);
+    assert_eq!(delta("brokerd_publish_received_total{qos=\"0\"}"), 3.0);
+    assert_eq!(delta("brokerd_publish_received_total{qos=\"1\"}"), 2.0);
+    assert_eq!(delta("brokerd_publish_received_total{qos=\"2\"}"), 1.0);
+    // The subscription grants QoS 1: QoS 2 is delivered at QoS 1.
+    assert_eq!(delta("brokerd_publish_sent_total{qos=\"0\"}"), 3.0);
+    assert_eq!(delta("brokerd_publish_sent_total{qos=\"1\"}"), 3.0);
+    assert_eq!(delta("brokerd_publish_sent_total{qos=\"2\"}"), 0.0);
+    let payload = (3 * 5 + 2 * 7 + 11) as f64;
+    assert_eq!(
+        delta("brokerd_publish_received_payload_bytes_total"),
+        payload
+    );
+    assert_eq!(delta("brokerd_publish_sent_payload_bytes_total"), payload);
+    assert_eq!(delta("brokerd_messages_routed_total"), 6.0);
+    assert_eq!(value(&after, "brokerd_connections"), 2.0);
+    assert_eq!(value(&after, "brokerd_connections_max"), 2.0);
+    assert_eq!(delta("brokerd_connections_accepted_total"), 2.0);
+    assert_eq!(delta("brokerd_sockets_accepted_total"), 2.0);
+    assert_eq!(value(&after, "brokerd_sessions"), 2.0);
+    assert_eq!(value(&after, "brokerd_subscriptions"), 1.0);
+    assert_eq!(value(&after, "brokerd_retained_messages"), 1.0);
+    assert_eq!(value(&after, "brokerd_inflight_messages"), 0.0);
+    assert!(delta("brokerd_received_bytes_total") > payload);
+    assert!(delta("brokerd_sent_bytes_total") > payload);
+    assert!(value(&after, "brokerd_resident_memory_bytes") > 1e6);
+    // A subscriber that leaves is no longer counted as connected.
+    sub.disconnect().await;
+    b.wait_disconnected("m-sub", 1);
+    assert_eq!(value(&scrape(&b), "brokerd_connections"), 1.0);
+}
+
+/// issue #10 item 3: socket bytes are counted exactly: what a raw client sends after CONNECT
+/// and what it reads back after CONNACK.
+#[test]
+fn metrics_count_socket_bytes_exactly() {
+    let b = BrokerProc::start("[sys]\ninterval_s = 0\n");
+    let mut raw = common::Raw::connected(b.addr, "bytes");
+    raw.ping();
+    let before = scrape(&b);
+    let publish = common::publish_packet("b/x", 1, false, false, 7, b"hello");
+    raw.send(&publish);
+    let ack = raw.expect_packet("PUBACK");
+    raw.ping();
+    let after = scrape(&b);
+    let delta = |s: &str| value(&after, s) - value(&before, s);
+    assert_eq!(
+        delta("brokerd_received_bytes_total"),
+        (publish.len() + 2) as f64
+    );
+    assert_eq!(delta("brokerd_sent_bytes_total"), (ack.len() + 2) as f64);
+}
+
+/// issue #10 item 3: refused logins count as auth failures and refusals by reason.
+#[test]
+fn refused_logins_are_counted_by_reason() {
+    let b = BrokerProc::start("[auth]\nallow_anonymous = false\n[sys]\ninterval_s = 0\n");
+    let before = scrape(&b);
+    let mut raw = common::Raw::connect(b.addr);
+    raw.send(&common::connect_packet("anon", true, 60));
+    assert_eq!(raw.expect_packet("CONNACK"), vec![0x20, 0x02, 0x00, 0x05]);
+    let after = scrape(&b);
+    let delta = |s: &str| value(&after, s) - value(&before, s);
+    assert_eq!(delta("brokerd_auth_failures_total"), 1.0);
+    assert_eq!(
+        delta("brokerd_connections_refused_total{reason=\"not_authorized\"}"),
+        1.0
+    );
+    assert_eq!(delta("brokerd_connections_accepted_total"), 0.0);
+}
+
+/// issue #10 item 3: with persistence on, the flush latency histogram counts real flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_latency_histogram_counts_flushes() {
+    let b = BrokerProc::start(
+        "[persistence]\nenabled = true\npath = \"data\"\n[sys]\ninterval_s = 0\n",
+    );
+    let before = scrape(&b);
+    let mut c = common::connect(b.addr, "flush").await;
+    c.publish_routed("f/x", rumqttc::QoS::AtLeastOnce, true, *b"v")
+        .await;
+    let after = scrape(&b);
+    let n = value(&after, "brokerd_store_flush_duration_seconds_count")
+        - value(&before, "brokerd_store_flush_duration_seconds_count");
+    assert!(n >= 1.0, "no flush counted");
+    assert_eq!(
+        value(
+            &after,
+            "brokerd_store_flush_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        value(&after, "brokerd_store_flush_duration_seconds_count")
+    );
+}

@@ -265,12 +265,15 @@ impl Outbound {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn queued_len(&self) -> usize {
         self.queue.len()
     }
 
-    #[cfg(test)]
+    /// Payload bytes queued (what `limits.max_queued_bytes` bounds).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
