@@ -442,3 +442,202 @@ async fn flush_latency_histogram_counts_flushes() {
         value(&after, "brokerd_store_flush_duration_seconds_count")
     );
 }
+
+/// Collects `$SYS` PUBLISHes until `done` holds for what arrived (at most `WAIT`).
+async fn sys_until(
+    c: &mut common::Client,
+    what: &str,
+    mut done: impl FnMut(&[(rumqttc::Publish, Instant)]) -> bool,
+) -> Vec<(rumqttc::Publish, Instant)> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while !done(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.next_publish_within(left).await {
+            Some(p) => got.push((p, Instant::now())),
+            None => panic!(
+                "timed out waiting for {what}; got {:?}",
+                got.iter()
+                    .map(|(p, _)| (&p.topic, &p.payload))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    got
+}
+
+fn payload(p: &rumqttc::Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// issue #10 item 2: `$SYS/broker/...` topics arrive retained on subscribe, with Mosquitto's
+/// names and formats and the expected values, and are republished every `[sys] interval_s`
+/// (1 s here): two consecutive uptime updates are about a second apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_arrive_retained_with_expected_values() {
+    let b = BrokerProc::start("[sys]\ninterval_s = 1\n");
+    let mut publ = common::connect(b.addr, "sys-pub").await;
+    publ.publish_routed("s/x", rumqttc::QoS::AtLeastOnce, true, *b"abc")
+        .await;
+    publ.publish_routed("s/y", rumqttc::QoS::AtMostOnce, false, *b"de")
+        .await;
+    // The tree of the next interval has both publishes.
+    let mut watch = common::connect(b.addr, "sys-watch").await;
+    watch
+        .subscribe(
+            "$SYS/broker/publish/messages/received",
+            rumqttc::QoS::AtMostOnce,
+        )
+        .await;
+    sys_until(&mut watch, "publish/messages/received = 2", |got| {
+        got.iter().any(|(p, _)| payload(p) == "2")
+    })
+    .await;
+    drop(watch);
+    let mut sub = common::connect(b.addr, "sys-sub").await;
+    sub.subscribe("$SYS/broker/#", rumqttc::QoS::AtMostOnce)
+        .await;
+    let names = [
+        "version",
+        "uptime",
+        "clients/connected",
+        "clients/disconnected",
+        "clients/total",
+        "clients/maximum",
+        "messages/received",
+        "messages/sent",
+        "messages/stored",
+        "publish/messages/received",
+        "publish/messages/sent",
+        "bytes/received",
+        "bytes/sent",
+        "load/messages/received/1min",
+        "load/messages/sent/5min",
+        "load/bytes/received/15min",
+        "load/connections/1min",
+        "subscriptions/count",
+        "retained messages/count",
+        "heap/current",
+    ];
+    let got = sys_until(&mut sub, "the retained $SYS tree", |got| {
+        names.iter().all(|n| {
+            got.iter()
+                .any(|(p, _)| p.retain && p.topic == format!("$SYS/broker/{n}"))
+        })
+    })
+    .await;
+    let retained = |n: &str| {
+        got.iter()
+            .find(|(p, _)| p.retain && p.topic == format!("$SYS/broker/{n}"))
+            .map(|(p, _)| payload(p))
+            .expect("retained value")
+    };
+    assert_eq!(
+        retained("version"),
+        format!("brokerd version {}", env!("CARGO_PKG_VERSION"))
+    );
+    let uptime = retained("uptime");
+    let secs = uptime
+        .strip_suffix(" seconds")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("uptime {uptime:?}"));
+    assert!(secs < 60, "{uptime}");
+    assert_eq!(retained("publish/messages/received"), "2");
+    assert_eq!(retained("messages/received"), "2");
+    // Retained messages count the $SYS tree itself (as Mosquitto's does) plus s/x.
+    let tree = got.iter().filter(|(p, _)| p.retain).count();
+    assert_eq!(retained("retained messages/count"), (tree + 1).to_string());
+    // sys-pub is connected, sys-sub may be already, sys-watch may be still (it is leaving):
+    // all clean sessions, so none is disconnected and the total is the connected count.
+    let connected = retained("clients/connected");
+    assert!(["1", "2", "3"].contains(&connected.as_str()), "{connected}");
+    assert_eq!(retained("clients/total"), connected);
+    assert_eq!(retained("clients/disconnected"), "0");
+    assert!(retained("heap/current")
+        .parse::<u64>()
+        .is_ok_and(|h| h > 1_000_000));
+    let load = retained("load/messages/received/1min");
+    assert!(load.parse::<f64>().is_ok() && load.contains('.'), "{load}");
+    // Live updates (not retained) come every second.
+    let updates = sys_until(&mut sub, "two live uptime updates", |got| {
+        got.iter()
+            .filter(|(p, _)| !p.retain && p.topic == "$SYS/broker/uptime")
+            .count()
+            >= 2
+    })
+    .await;
+    let times: Vec<Instant> = updates
+        .iter()
+        .filter(|(p, _)| !p.retain && p.topic == "$SYS/broker/uptime")
+        .map(|(_, t)| *t)
+        .collect();
+    let gap = times[1] - times[0];
+    assert!(
+        gap > Duration::from_millis(500) && gap < Duration::from_millis(2500),
+        "uptime updates {gap:?} apart"
+    );
+    // Now two clients are connected (sys-pub and sys-sub).
+    let connected = sys_until(&mut sub, "clients/connected = 2", |got| {
+        got.iter()
+            .any(|(p, _)| p.topic == "$SYS/broker/clients/connected" && payload(p) == "2")
+    })
+    .await;
+    assert!(!connected.is_empty());
+}
+
+/// issue #10 item 2: clients cannot publish into `$SYS`: the PUBLISH is acknowledged (as
+/// Mosquitto does), nothing is routed or retained, and it is counted as denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_publish_into_sys() {
+    let b = BrokerProc::start("[sys]\ninterval_s = 0\n");
+    let before = scrape(&b);
+    let mut sub = common::connect(b.addr, "ro-sub").await;
+    sub.subscribe("$SYS/#", rumqttc::QoS::AtLeastOnce).await;
+    let mut publ = common::connect(b.addr, "ro-pub").await;
+    publ.publish(
+        "$SYS/broker/version",
+        rumqttc::QoS::AtLeastOnce,
+        true,
+        *b"fake",
+    )
+    .await;
+    publ.wait_for("PUBACK", |p| matches!(p, rumqttc::Packet::PubAck(_)))
+        .await;
+    publ.barrier().await;
+    sub.barrier().await;
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+    let mut late = common::connect(b.addr, "ro-late").await;
+    late.subscribe("$SYS/#", rumqttc::QoS::AtLeastOnce).await;
+    late.expect_no_publish(Duration::from_millis(300)).await;
+    let after = scrape(&b);
+    let delta = |s: &str| value(&after, s) - value(&before, s);
+    assert_eq!(
+        delta("brokerd_messages_dropped_total{reason=\"publish_denied\"}"),
+        1.0
+    );
+    assert_eq!(value(&after, "brokerd_retained_messages"), 0.0);
+    assert_eq!(delta("brokerd_messages_routed_total"), 0.0);
+}
+
+/// issue #10 item 2: `$SYS` retained messages are not stored on disk: after a restart on the
+/// same data directory with `$SYS` off, no `$SYS` message is retained, while a client's
+/// retained message survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_retained_messages_are_not_persisted() {
+    let persist = "[persistence]\nenabled = true\npath = \"data\"\n";
+    let b = BrokerProc::start(&format!("{persist}[sys]\ninterval_s = 1\n"));
+    let mut c = common::connect(b.addr, "p-sys").await;
+    c.publish_routed("keep/me", rumqttc::QoS::AtLeastOnce, true, *b"kept")
+        .await;
+    c.subscribe("$SYS/broker/uptime", rumqttc::QoS::AtMostOnce)
+        .await;
+    c.expect_publish_on("$SYS/broker/uptime").await;
+    drop(c);
+    let dir = b.stop();
+    let b = BrokerProc::start_in(dir, &format!("{persist}[sys]\ninterval_s = 0\n"));
+    let mut c = common::connect(b.addr, "p-sys2").await;
+    c.subscribe("keep/me", rumqttc::QoS::AtMostOnce).await;
+    assert_eq!(payload(&c.expect_publish_on("keep/me").await), "kept");
+    c.subscribe("$SYS/#", rumqttc::QoS::AtMostOnce).await;
+    c.expect_no_publish(Duration::from_millis(300)).await;
+}
