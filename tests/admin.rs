@@ -641,3 +641,149 @@ async fn sys_retained_messages_are_not_persisted() {
     c.subscribe("$SYS/#", rumqttc::QoS::AtMostOnce).await;
     c.expect_no_publish(Duration::from_millis(300)).await;
 }
+
+/// Runs headless Chromium (`/usr/bin/chromium`, installed by .ci/run) with `args` and the
+/// flags that keep it off the network; returns its stdout. Killed (by its PID) after 60 s.
+fn chromium(profile: &std::path::Path, args: &[String]) -> String {
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium (apt-get install chromium) must be installed for this test");
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "chromium exited with {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().expect("reader")
+}
+
+/// The text of the first element after `from` in `dom` with `data-metric="name"`.
+fn dom_metric(dom: &str, from: usize, name: &str) -> String {
+    let needle = format!("data-metric=\"{name}\"");
+    let at = dom[from..]
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {needle} in the page"))
+        + from;
+    let start = dom[at..].find('>').expect("element") + at + 1;
+    let end = dom[start..].find('<').expect("element end") + start;
+    dom[start..end].to_owned()
+}
+
+/// issue #10 item 3: the status page, rendered by headless Chromium, shows the same figures
+/// as /metrics read right after it (no traffic in between), lists the client with the
+/// deepest queue with its queue depth and in-flight count, and the busiest topic; and a
+/// screenshot of it is a real PNG (target/tmp/admin-status.png, for a human to look at).
+#[test]
+fn status_page_in_headless_chromium_matches_metrics() {
+    let b = BrokerProc::start("[sys]\ninterval_s = 0\n");
+    // A subscriber that never acknowledges: 20 in flight (the window), the rest queued.
+    let mut slow = common::Raw::connected(b.addr, "st-slow");
+    slow.subscribe(1, "status/#", 1);
+    let mut publ = common::Raw::connected(b.addr, "st-<pub>");
+    for i in 0..30u16 {
+        publ.send(&common::publish_packet(
+            "status/t",
+            1,
+            false,
+            false,
+            i + 1,
+            b"x",
+        ));
+        publ.expect_packet("PUBACK");
+    }
+    publ.send(&common::publish_packet(
+        "other/r", 0, true, false, 0, b"kept",
+    ));
+    publ.ping();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("http://{}/", http(&b));
+    let dom = chromium(profile.path(), &["--dump-dom".into(), url.clone()]);
+    let m = scrape(&b);
+    assert!(dom.contains("<title>brokerd status</title>"), "{dom}");
+    for name in [
+        "brokerd_connections",
+        "brokerd_sessions",
+        "brokerd_subscriptions",
+        "brokerd_retained_messages",
+        "brokerd_queued_messages",
+        "brokerd_inflight_messages",
+        "brokerd_connections_accepted_total",
+    ] {
+        let shown: f64 = dom_metric(&dom, 0, name).parse().expect("a number");
+        assert_eq!(shown, value(&m, name), "{name}");
+    }
+    let received: f64 = (0..3)
+        .map(|q| {
+            value(
+                &m,
+                &format!("brokerd_publish_received_total{{qos=\"{q}\"}}"),
+            )
+        })
+        .sum();
+    let shown: f64 = dom_metric(&dom, 0, "brokerd_publish_received_total")
+        .parse()
+        .expect("number");
+    assert_eq!(shown, received);
+    assert_eq!(received, 31.0);
+    let up: f64 = dom_metric(&dom, 0, "brokerd_uptime_seconds")
+        .parse()
+        .expect("number");
+    assert!(
+        up <= value(&m, "brokerd_uptime_seconds")
+            && up + 30.0 > value(&m, "brokerd_uptime_seconds")
+    );
+    assert_eq!(value(&m, "brokerd_inflight_messages"), 20.0);
+    assert_eq!(value(&m, "brokerd_queued_messages"), 10.0);
+    // The slow client's row, and the publisher's id escaped.
+    let row = dom.find("data-client=\"st-slow\"").expect("st-slow row");
+    assert_eq!(dom_metric(&dom, row, "queued"), "10");
+    assert_eq!(dom_metric(&dom, row, "inflight"), "20");
+    assert!(dom.contains("st-&lt;pub&gt;"), "publisher id not escaped");
+    assert!(dom.contains("data-topic=\"status/t\""), "top topic missing");
+    // The screenshot.
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-status.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        profile.path(),
+        &[
+            format!("--screenshot={}", png.display()),
+            "--window-size=1280,900".into(),
+            url,
+        ],
+    );
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 10_000,
+        "screenshot of {} bytes: blank?",
+        bytes.len()
+    );
+    drop(slow);
+}
