@@ -99,6 +99,11 @@ pub(crate) async fn accept_loop(
             Ok(admitted) => admitted,
             Err(why) => {
                 let refused_total = ctx.limits.note_refused(why);
+                ctx.metrics.refused(match why {
+                    Refusal::ConnectionsPerIp => Refused::MaxConnectionsPerIp,
+                    Refusal::RatePerIp => Refused::MaxAcceptRatePerIp,
+                    Refusal::Rate => Refused::MaxAcceptRate,
+                });
                 folded!(
                     ctx.limits.log,
                     LogKind::Refused,

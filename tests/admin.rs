@@ -787,3 +787,21 @@ fn status_page_in_headless_chromium_matches_metrics() {
     );
     drop(slow);
 }
+
+/// issue #10 item 3: a connection refused at accept is counted under its `[limits]` key.
+#[test]
+fn refusals_at_accept_are_counted_by_limit() {
+    let b = BrokerProc::start("[limits]\nmax_connections_per_ip = 1\n[sys]\ninterval_s = 0\n");
+    let before = scrape(&b);
+    let mut first = common::Raw::connected(b.addr, "only-one");
+    first.ping();
+    let mut second = common::Raw::connect(b.addr);
+    second.expect_closed();
+    let after = scrape(&b);
+    let delta = |s: &str| value(&after, s) - value(&before, s);
+    assert_eq!(
+        delta("brokerd_connections_refused_total{reason=\"max_connections_per_ip\"}"),
+        1.0
+    );
+    assert_eq!(delta("brokerd_sockets_accepted_total"), 1.0);
+}

@@ -94,9 +94,15 @@ pub(crate) enum Refused {
     BadUsernameOrPassword,
     /// CONNACK 0x05: not authorized.
     NotAuthorized,
+    /// At accept: `limits.max_connections_per_ip`.
+    MaxConnectionsPerIp,
+    /// At accept: `limits.max_accept_rate_per_ip`.
+    MaxAcceptRatePerIp,
+    /// At accept: `limits.max_accept_rate`.
+    MaxAcceptRate,
 }
 
-const REFUSED: usize = 6;
+const REFUSED: usize = 9;
 
 impl Refused {
     /// The CONNACK return code's reason (None for ACCEPTED and unknown codes).
@@ -118,6 +124,9 @@ impl Refused {
         "server_unavailable",
         "bad_username_or_password",
         "not_authorized",
+        "max_connections_per_ip",
+        "max_accept_rate_per_ip",
+        "max_accept_rate",
     ];
 }
 
