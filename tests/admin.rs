@@ -382,24 +382,39 @@ async fn metrics_count_real_traffic_exactly() {
 }
 
 /// issue #10 item 3: socket bytes are counted exactly: what a raw client sends after CONNECT
-/// and what it reads back after CONNACK.
+/// and what it reads back from CONNACK on. (A counter moves just after its write returns, so
+/// the test waits, bounded, for the expected value and then checks it is not exceeded.)
 #[test]
 fn metrics_count_socket_bytes_exactly() {
     let b = BrokerProc::start("[sys]\ninterval_s = 0\n");
     let mut raw = common::Raw::connected(b.addr, "bytes");
     raw.ping();
-    let before = scrape(&b);
+    // CONNACK (4) + PINGRESP (2) out, PINGREQ (2) in.
+    settles(&b, "brokerd_sent_bytes_total", 6.0);
+    settles(&b, "brokerd_received_bytes_total", 2.0);
     let publish = common::publish_packet("b/x", 1, false, false, 7, b"hello");
     raw.send(&publish);
     let ack = raw.expect_packet("PUBACK");
     raw.ping();
-    let after = scrape(&b);
-    let delta = |s: &str| value(&after, s) - value(&before, s);
-    assert_eq!(
-        delta("brokerd_received_bytes_total"),
-        (publish.len() + 2) as f64
+    settles(
+        &b,
+        "brokerd_received_bytes_total",
+        (2 + publish.len() + 2) as f64,
     );
-    assert_eq!(delta("brokerd_sent_bytes_total"), (ack.len() + 2) as f64);
+    settles(&b, "brokerd_sent_bytes_total", (6 + ack.len() + 2) as f64);
+}
+
+/// Waits (bounded) until `series` reaches `want`, then asserts it is exactly `want`.
+fn settles(b: &BrokerProc, series: &str, want: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = value(&scrape(b), series);
+        if v >= want || Instant::now() > deadline {
+            assert_eq!(v, want, "{series}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// issue #10 item 3: refused logins count as auth failures and refusals by reason.
@@ -804,4 +819,39 @@ fn refusals_at_accept_are_counted_by_limit() {
         1.0
     );
     assert_eq!(delta("brokerd_sockets_accepted_total"), 1.0);
+}
+
+/// issue #10 item 3: the admin port serves at most 32 connections at once: with 32 slow
+/// requests open, the next connection gets 503 at once; the slow ones get 408 at the read
+/// timeout, and then the port answers again (the refusal is counted).
+#[test]
+fn admin_connections_are_limited() {
+    let b = BrokerProc::start("");
+    let addr = http(&b);
+    let mut slow: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(WAIT)).expect("timeout");
+            s.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let r = get(addr, "/healthz");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 not at once"
+    );
+    for s in &mut slow {
+        assert_eq!(read_response(s).status, 408);
+    }
+    // Closing them frees their slots (the server reads a request away before closing).
+    drop(slow);
+    let deadline = Instant::now() + WAIT;
+    while get(addr, "/healthz").status != 200 {
+        assert!(Instant::now() < deadline, "the admin port stayed busy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(value(&scrape(&b), "brokerd_http_rejected_total") >= 33.0);
 }
