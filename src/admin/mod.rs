@@ -108,7 +108,8 @@ impl Admin {
         let (rin, rout) = (snap.publish_in_total(), snap.publish_out_total());
         let rates = {
             let mut last = self.last_page.lock().unwrap_or_else(|p| p.into_inner());
-            let (t0, in0, out0) = last.unwrap_or((now - metrics_uptime(&snap), 0, 0));
+            let since_start = now.checked_sub(metrics_uptime(&snap)).unwrap_or(now);
+            let (t0, in0, out0) = last.unwrap_or((since_start, 0, 0));
             *last = Some((now, rin, rout));
             let dt = now.duration_since(t0).as_secs_f64().max(0.001);
             (
