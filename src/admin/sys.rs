@@ -155,6 +155,7 @@ pub(crate) async fn run(src: Sources, interval: Duration, token: CancellationTok
                 // later, so brokerd publishes at QoS 0 (no in-flight state for a stale value).
                 qos: QoS::AtMostOnce,
                 retain: true,
+                origin: 0,
             }));
         }
     }
