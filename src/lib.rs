@@ -15,8 +15,9 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L0 | `admin::metrics` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text |
+//! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
 //! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
-//! | L4 | `admin` (`http`) | the admin HTTP port: `/healthz`, `/readyz`; `probe` behind `brokerd health` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
 //!
@@ -266,6 +267,7 @@ pub async fn run(
         None => None,
     };
     let closing = CancellationToken::new();
+    let metrics = Arc::new(admin::metrics::Metrics::new());
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
         authorizer: session::Authorizer::new(auth),
@@ -274,6 +276,7 @@ pub async fn run(
         max_keepalive_s: config.limits.max_keepalive_s,
         limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
+        metrics: metrics.clone(),
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -367,7 +370,18 @@ pub async fn run(
         None => None,
     };
     if let Some(a) = &admin {
-        a.admin.set_ready();
+        a.admin.set_ready(admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        });
+    }
+    if config.sys.interval_s > 0 {
+        let src = admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        };
+        let every = Duration::from_secs(config.sys.interval_s);
+        tracker.spawn(admin::sys::run(src, every, closing.clone()));
     }
     ready(Listening {
         mqtt: local,

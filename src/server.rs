@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, field, info_span, warn, Instrument};
 
+use crate::admin::metrics::Refused;
 use crate::config::LimitsConfig;
 use crate::limits::accept::{AcceptGate, Admitted, Refusal};
 use crate::limits::log_fold::{folded, Kind as LogKind};
@@ -123,6 +124,11 @@ pub(crate) async fn accept_loop(
             Ok(admitted) => admitted,
             Err(why) => {
                 let refused_total = ctx.limits.note_refused(why);
+                ctx.metrics.refused(match why {
+                    Refusal::ConnectionsPerIp => Refused::MaxConnectionsPerIp,
+                    Refusal::RatePerIp => Refused::MaxAcceptRatePerIp,
+                    Refusal::Rate => Refused::MaxAcceptRate,
+                });
                 folded!(
                     ctx.limits.log,
                     LogKind::Refused,
@@ -139,6 +145,7 @@ pub(crate) async fn accept_loop(
         };
         let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
             let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            ctx.metrics.refused(Refused::MaxConnections);
             if n.is_power_of_two() {
                 let max_connections = admission.max_connections.load(Ordering::Relaxed);
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
@@ -146,6 +153,7 @@ pub(crate) async fn accept_loop(
             drop(stream);
             continue;
         };
+        ctx.metrics.sockets_accepted.fetch_add(1, Ordering::Relaxed);
         // Every log line of the connection carries its peer address and (after CONNECT) client id.
         let (ctx, token) = (ctx.clone(), shutdown.clone());
         match &kind {

@@ -156,6 +156,7 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let busy = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -178,13 +179,20 @@ pub(crate) async fn serve(
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the limit: one best-effort write that never waits, then close.
+            // Over the limit: 503 at once. Answered in a task of its own (as many again at
+            // most, each for at most BUSY_LINGER) that reads the request away before closing:
+            // a close with unread input would reset the connection before the client reads
+            // the 503. Beyond that, the socket is closed at once.
             let n = stats.rejected.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 warn!(%peer, max = MAX_CONNECTIONS, rejected_total = n, "admin http: too many connections: 503");
             }
-            let busy = encode(&Response::text(503, "busy\n"), false);
-            let _ = stream.try_write(&busy);
+            if let Ok(busy_permit) = busy.clone().try_acquire_owned() {
+                tracker.spawn(async move {
+                    let _ = tokio::time::timeout(BUSY_LINGER, answer_busy(stream)).await;
+                    drop(busy_permit);
+                });
+            }
             continue;
         };
         let (routes, stats, token) = (routes.clone(), stats.clone(), token.clone());
@@ -196,6 +204,18 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+}
+
+/// How long a connection over the limit is kept to answer it 503.
+const BUSY_LINGER: Duration = Duration::from_secs(1);
+
+/// Writes 503, ends our side, and reads (and discards) what the client sent until it closes.
+async fn answer_busy(mut stream: tokio::net::TcpStream) {
+    let busy = encode(&Response::text(503, "busy\n"), false);
+    if stream.write_all(&busy).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    drain(&mut stream).await;
 }
 
 /// Reads one request head (bounded in size and time), answers it, closes.
@@ -243,11 +263,26 @@ async fn serve_one(
         debug!(%peer, status = response.status, "admin http: request refused");
     }
     let bytes = encode(&response, head_only);
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-        let _ = stream.write_all(&bytes).await;
-        let _ = stream.shutdown().await;
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
     })
     .await;
+    if matches!(written, Ok(Ok(()))) {
+        // Input left unread (an oversized head, a body) would make the close a reset that
+        // can destroy the answer before the client reads it: read it away, bounded in time.
+        let _ = tokio::time::timeout(BUSY_LINGER, drain(&mut stream)).await;
+    }
+}
+
+/// Reads and discards until the peer closes (or an error).
+async fn drain(stream: &mut tokio::net::TcpStream) {
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Why a probe failed.

@@ -12,6 +12,7 @@ mod legacy;
 mod sled_backend;
 mod writer;
 
+use crate::admin::metrics::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,6 +252,8 @@ struct Shared {
     backlog_since_ms: AtomicU64,
     /// Operations the writer could not write when it stopped (disk full, I/O errors).
     unwritten: AtomicU64,
+    /// How long each successful flush to disk took (`/metrics`).
+    flush_latency: Histogram,
 }
 
 impl Shared {
@@ -298,6 +301,11 @@ impl Drop for Group<'_> {
 }
 
 impl Store {
+    /// The flush latency histogram; None with persistence off.
+    pub(crate) fn flush_latency(&self) -> Option<&Histogram> {
+        self.shared.as_deref().map(|s| &s.flush_latency)
+    }
+
     /// Persistence off: nothing is written, nothing is waited for.
     pub(crate) fn disabled() -> Store {
         Store::default()
@@ -356,6 +364,7 @@ impl Store {
             started: Instant::now(),
             backlog_since_ms: AtomicU64::new(u64::MAX),
             unwritten: AtomicU64::new(0),
+            flush_latency: Histogram::default(),
         });
         let reopen = {
             let (path, sync, cache) = (path.clone(), config.sync, config.cache_bytes);

@@ -143,6 +143,7 @@ start_broker broker tls
 BROKER_PID=$STARTED_PID
 PORT=$STARTED_PORT
 TLS_PORT=$STARTED_TLS_PORT
+HTTP_PORT=$STARTED_HTTP_PORT
 H=(-h 127.0.0.1 -p "$PORT")
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -257,8 +258,9 @@ expect wild "wildcards '+' and '#', overlapping subscriptions deliver one copy" 
     "MSG 1 0 interop/wild/a/x one" "MSG 1 0 interop/wild/b two"
 
 # A client may not publish to $SYS topics: the broker acknowledges and drops it, so the
-# subscriber's first message is the marker published after it.
-msub sys -t '$SYS/#' -t interop/sys -q 1 -C 1 -W "$T"
+# subscriber's first message is the marker published after it. (The filter covers the forged
+# topic, not all of $SYS: the broker's own $SYS/broker/... tree is retained since issue #10.)
+msub sys -t '$SYS/interop/#' -t interop/sys -q 1 -C 1 -W "$T"
 mpub -t '$SYS/interop' -q 1 -m forged
 mpub -t interop/sys -q 1 -m marker
 finish sys
@@ -283,6 +285,27 @@ msub ret3 -t interop/retained -q 1 -C 1 -W "$T"
 mpub -t interop/retained -q 1 -m marker
 finish ret3
 expect ret3 "retained message cleared by an empty retained publish (-r -n)" "MSG 1 0 interop/retained marker"
+
+# --- $SYS and the admin port (issue #10) -------------------------------------------------------
+VERSION="$("$BROKERD" --version | awk '{print $2}')"
+msub sys1 -t '$SYS/broker/version' -C 1 -W "$T"
+finish sys1
+expect sys1 "\$SYS/broker/version arrives retained to mosquitto_sub" \
+    "MSG 0 1 \$SYS/broker/version brokerd version $VERSION"
+# A client's publish into $SYS is acknowledged (mosquitto_pub -q 1 exits 0) and changes nothing.
+if mpub -t '$SYS/broker/version' -q 1 -r -m fake; then
+    msub sys2 -t '$SYS/broker/version' -C 1 -W "$T"
+    finish sys2
+    expect sys2 "mosquitto_pub into \$SYS is acknowledged and dropped" \
+        "MSG 0 1 \$SYS/broker/version brokerd version $VERSION"
+else
+    fail "mosquitto_pub into \$SYS is acknowledged and dropped"
+fi
+if [[ -n "$HTTP_PORT" ]] && timeout "$T" "$BROKERD" health --url "http://127.0.0.1:$HTTP_PORT/healthz" >"$TMP/health.out" 2>&1; then
+    pass "brokerd health against the running broker's admin port"
+else
+    fail "brokerd health against the running broker's admin port" "$TMP/health.out"
+fi
 
 # --- will -------------------------------------------------------------------------------------
 # A client whose process is killed (the kernel closes its socket, no DISCONNECT) -> will published.
