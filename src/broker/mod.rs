@@ -90,6 +90,7 @@ thread_local! {
 
 impl Broker {
     pub(crate) fn new(config: &Config, store: Store) -> Broker {
+        queue::start_journal_clock();
         Broker {
             inner: Arc::new(Inner {
                 limits: QueueLimits {
@@ -323,6 +324,7 @@ impl Broker {
                 qos,
                 retain: true,
                 seq: 0,
+                journaled_at: 0,
             };
             let limits = session.limits(&self.inner.limits);
             session.offer(d, limits, true, true, &self.inner.store);
@@ -387,6 +389,7 @@ impl Broker {
                 // [MQTT-3.3.1-9] RETAIN=0, except to a bridge: as published (as Mosquitto).
                 retain: msg.retain && session.bridge.load(Ordering::Relaxed),
                 seq: 0,
+                journaled_at: 0,
             };
             let qos = d.qos;
             let offer = session.offer(
@@ -562,6 +565,7 @@ impl Broker {
                         qos,
                         retain: e.msg.retain,
                         seq: e.seq,
+                        journaled_at: 0,
                     };
                     match e.state {
                         StoredState::Queued => {

@@ -20,6 +20,33 @@ pub(crate) struct Delivery {
     pub(crate) retain: bool,
     /// The per-session sequence number under which it is persisted; 0 = not persisted.
     pub(crate) seq: u64,
+    /// When it entered a bridge journal (`journal_stamp`), for the oldest message's age; 0
+    /// for other sessions (never stamped: no clock read on their path) and for messages
+    /// restored from disk (their age counts from the broker's start). Fits in the padding
+    /// after `qos` and `retain`: a delivery stays 24 bytes.
+    pub(crate) journaled_at: u32,
+}
+
+/// The clock of `Delivery::journaled_at`, started with the broker (`start_journal_clock`).
+static JOURNAL_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Starts the journal clock (the first call wins): from the broker's start, so that messages
+/// restored from disk, stamped 0, count their age from the restart.
+pub(crate) fn start_journal_clock() {
+    JOURNAL_EPOCH.get_or_init(std::time::Instant::now);
+}
+
+/// Now on the journal clock, in tenths of a second plus one (0 is "before the clock"):
+/// a u32 lasts 13 years of uptime, and saturates rather than wraps after that.
+pub(crate) fn journal_stamp() -> u32 {
+    let epoch = JOURNAL_EPOCH.get_or_init(std::time::Instant::now);
+    let ds = epoch.elapsed().as_millis() / 100;
+    u32::try_from(ds).unwrap_or(u32::MAX - 1).saturating_add(1)
+}
+
+/// How long ago `stamp` (a `journal_stamp`, or 0) was, to a tenth of a second.
+pub(crate) fn journal_age(stamp: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::from(journal_stamp().saturating_sub(stamp)) * 100)
 }
 
 /// Where an outgoing QoS>0 message is in its handshake.
@@ -288,6 +315,15 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// The oldest message not yet acknowledged: the first in flight (sent in queue order,
+    /// whatever order the acks come in), else the head of the queue.
+    pub(crate) fn oldest(&self) -> Option<&Delivery> {
+        self.inflight
+            .front()
+            .map(|e| &e.delivery)
+            .or_else(|| self.queue.front())
+    }
+
     /// Keeps only the queued messages for which `keep` holds; returns how many were dropped
     /// and adds the sequence numbers of the persisted ones to `removed_seqs`. In-flight
     /// messages are left alone: the client already has them, and a QoS 2 one's packet id is
@@ -376,6 +412,7 @@ mod tests {
             qos,
             retain: false,
             seq: 0,
+            journaled_at: 0,
         }
     }
 
@@ -572,5 +609,39 @@ mod tests {
         assert_eq!(budget.usage(), (3, 1, 8));
         b.discard_queue(&limits);
         assert_eq!(budget.usage(), (0, 0, 8));
+    }
+
+    /// issue #11 item 4: the oldest unacknowledged message is the first in flight, whatever
+    /// order the acks come in, else the head of the queue; none when all are acknowledged.
+    #[test]
+    fn oldest_is_the_first_unacknowledged() {
+        let mut o = Outbound::default();
+        assert!(o.oldest().is_none());
+        for n in 1..=3u8 {
+            o.push(d(QoS::AtLeastOnce, n), &LIMITS, false).unwrap();
+        }
+        let oldest = |o: &Outbound| o.oldest().map(|d| d.msg.payload[0]);
+        assert_eq!(oldest(&o), Some(1), "queued only: the head");
+        let (a, b) = (o.next(&LIMITS).unwrap(), o.next(&LIMITS).unwrap());
+        assert_eq!(oldest(&o), Some(1), "in flight before queued");
+        assert_eq!(o.on_puback(b.pkid), AckOutcome::Completed { seq: 0 });
+        assert_eq!(oldest(&o), Some(1), "a later ack does not move it");
+        assert_eq!(o.on_puback(a.pkid), AckOutcome::Completed { seq: 0 });
+        assert_eq!(oldest(&o), Some(3));
+        let c = o.next(&LIMITS).unwrap();
+        o.on_puback(c.pkid);
+        assert!(o.oldest().is_none());
+    }
+
+    /// issue #11 item 4: the stamp costs no memory per delivery (it fits in the padding), is
+    /// never 0 once taken (0 = restored: aged from the broker's start), and ages.
+    #[test]
+    fn journal_stamps_fit_and_age() {
+        assert_eq!(std::mem::size_of::<Delivery>(), 24);
+        start_journal_clock();
+        let stamp = journal_stamp();
+        assert!(stamp >= 1);
+        assert!(journal_age(stamp) < std::time::Duration::from_secs(1));
+        assert!(journal_age(0) >= journal_age(stamp));
     }
 }

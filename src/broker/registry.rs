@@ -141,7 +141,8 @@ pub(crate) struct Session {
     /// (issue #11 item 3). Set at each attach.
     pub(crate) bridge: AtomicBool,
     /// Queue bounds of this session when they are not the broker's `[limits]` (a bridge's
-    /// journal: `max_inflight`, `max_journal_bytes`). Set once, by the bridge link.
+    /// journal: `max_inflight`, `max_journal_bytes`). Set once, by the bridge link; only a
+    /// journal has them (`is_journal`).
     pub(crate) limits: std::sync::OnceLock<Box<QueueLimits>>,
 }
 
@@ -175,6 +176,11 @@ impl Session {
     /// This session's queue bounds: its own (a bridge journal's) or the broker's.
     pub(crate) fn limits<'a>(&'a self, broker: &'a QueueLimits) -> &'a QueueLimits {
         self.limits.get().map_or(broker, |l| l)
+    }
+
+    /// This session is a bridge's journal (`$bridge/NAME`): it has its own queue bounds.
+    pub(crate) fn is_journal(&self) -> bool {
+        self.limits.get().is_some()
     }
 
     /// Locks the state. A poisoned lock (a panic elsewhere while holding it) is recovered:
@@ -234,6 +240,10 @@ impl Session {
         if !online && d.qos == QoS::AtMostOnce && !queue_qos0_offline {
             return Offer::Skipped;
         }
+        // Issue #11 item 4: the journal's oldest-message age. Other sessions never read the clock.
+        if self.is_journal() {
+            d.journaled_at = super::queue::journal_stamp();
+        }
         let persist = !self.clean && store.enabled() && (d.qos != QoS::AtMostOnce || !online);
         let op = if persist {
             st.last_seq += 1;
@@ -269,5 +279,57 @@ impl Session {
                 Offer::Full(full)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn limits() -> QueueLimits {
+        QueueLimits {
+            max_inflight: 10,
+            max_queued_messages: 10,
+            max_queued_bytes: 0,
+            max_queued_bytes_total: 0,
+            budget: None,
+        }
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: TopicName::parse("t").expect("topic"),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                origin: 0,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: 0,
+            journaled_at: 0,
+        }
+    }
+
+    /// issue #11 item 4: only a bridge journal's deliveries are stamped with the time they
+    /// entered it; any other session's path never reads the clock.
+    #[test]
+    fn only_journal_deliveries_are_stamped() {
+        let store = Store::disabled();
+        let plain = Session::new("plain".into(), false);
+        let journal = Session::new("$bridge/j".into(), false);
+        let _ = journal.limits.set(Box::new(limits()));
+        assert!(journal.is_journal() && !plain.is_journal());
+        for s in [&plain, &journal] {
+            let offered = s.offer(delivery(), s.limits(&limits()), true, false, &store);
+            assert_eq!(offered, Offer::Queued);
+        }
+        let stamp = |s: &Session| s.lock().out.oldest().map(|d| d.journaled_at);
+        assert_eq!(stamp(&plain), Some(0));
+        assert!(stamp(&journal).is_some_and(|t| t >= 1));
     }
 }
