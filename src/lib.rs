@@ -15,9 +15,9 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
-//! | L0 | `admin::metrics` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text |
+//! | L0 | `admin::metrics`, `admin::bridges` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text; the bridges' figures (`brokerd_bridge_*`, their status-page table) |
 //! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
-//! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
+//! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` (each delivery stamped on entry, for the oldest message's age) |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
 //!
@@ -373,12 +373,14 @@ pub async fn run(
         a.admin.set_ready(admin::Sources {
             broker: broker.clone(),
             metrics: metrics.clone(),
+            bridges: bridges.clone(),
         });
     }
     if config.sys.interval_s > 0 {
         let src = admin::Sources {
             broker: broker.clone(),
             metrics: metrics.clone(),
+            bridges: bridges.clone(),
         };
         let every = Duration::from_secs(config.sys.interval_s);
         tracker.spawn(admin::sys::run(src, every, closing.clone()));

@@ -364,6 +364,8 @@ pub(crate) struct Snapshot {
     pub(crate) dropped: Vec<(&'static str, u64)>,
     pub(crate) auth_failures: u64,
     pub(crate) resident_bytes: u64,
+    /// One entry per `[[bridge]]`, in configuration order.
+    pub(crate) bridges: Vec<super::bridges::BridgeFigures>,
 }
 
 impl Snapshot {
@@ -561,6 +563,7 @@ impl Snapshot {
             "# HELP {name} Time the persistence writer spent per flush to disk (empty with persistence off).\n# TYPE {name} histogram"
         );
         flush.unwrap_or(&Histogram::default()).write(&mut o, name);
+        super::bridges::write_metrics(&self.bridges, &mut o);
         o
     }
 }

@@ -1,11 +1,12 @@
 //! Operating the broker from outside: the admin HTTP port (`http`) and what it answers (here:
-//! `/healthz`, `/readyz`, `/metrics` from `metrics`, `/` from `status`), and the `$SYS`
+//! `/healthz`, `/readyz`, `/metrics` from `metrics` and `bridges`, `/` from `status`), and the `$SYS`
 //! publisher (`sys`). L4: reads the broker's figures, never changes broker state; `$SYS` goes
 //! through `Broker::publish` like any client's message. `metrics` alone is L0 (counters every
 //! layer bumps). Invariants: the admin port is up before the persisted state loads (so
 //! `/healthz` answers during a long load and `/readyz` says 503 until the listeners are
 //! bound), and it stops with the broker.
 
+pub(crate) mod bridges;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod status;
@@ -36,6 +37,8 @@ pub(crate) const STATUS_TOPICS: usize = 10;
 pub(crate) struct Sources {
     pub(crate) broker: Broker,
     pub(crate) metrics: Arc<Metrics>,
+    /// The running bridges (issue #11 item 4), read at each snapshot.
+    pub(crate) bridges: Vec<crate::bridge::BridgeHandle>,
 }
 
 impl Sources {
@@ -51,6 +54,7 @@ impl Sources {
         s.inflight = f.inflight as u64;
         s.routed = f.routed;
         s.dropped = f.dropped.clone();
+        s.bridges = self.bridges.iter().map(|b| b.figures()).collect();
         (s, f)
     }
 }
@@ -227,6 +231,7 @@ mod tests {
         admin.set_ready(Sources {
             broker: Broker::new(&config, crate::store::Store::disabled()),
             metrics: Arc::new(Metrics::new()),
+            bridges: Vec::new(),
         });
         assert_eq!(admin.route("/readyz").status, 200);
         assert_eq!(admin.route("/metrics").status, 200);

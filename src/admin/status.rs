@@ -93,7 +93,9 @@ pub(crate) fn render(
         format!("{rate_out:.1}"),
         "PUBLISH sent / s (since the last view)",
     );
-    o.push_str("</div><h2>Since start</h2><div class=\"grid\">");
+    o.push_str("</div>");
+    super::bridges::write_status(&s.bridges, &mut o);
+    o.push_str("<h2>Since start</h2><div class=\"grid\">");
     let mut card = |metric: &str, value: String, label: &str| {
         let _ = write!(
             o,

@@ -12,19 +12,21 @@ mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::broker::queue::QueueLimits;
+use crate::admin::bridges::BridgeFigures;
+use crate::broker::queue::{journal_age, QueueLimits};
 use crate::broker::registry::Session;
 use crate::broker::Broker;
 use crate::config::BridgeConfig;
 use crate::message::qos_from_u8;
 use crate::topic::{ClientId, TopicFilter};
 
-/// Counters of one bridge, for logs and (once it exists) the metrics endpoint.
+/// Counters of one bridge, for the logs, `/metrics` and the status page.
 #[derive(Debug, Default)]
 pub(crate) struct BridgeStats {
     /// The link to the remote is up (CONNACK accepted).
@@ -54,6 +56,9 @@ pub(crate) struct JournalUsage {
     pub(crate) queued_bytes: usize,
     /// Messages refused because the journal was at a bound.
     pub(crate) refused: u64,
+    /// How long the oldest message not yet acknowledged by the remote has been in the
+    /// journal (zero when it is empty); a message restored from disk counts from the restart.
+    pub(crate) oldest_age: Duration,
 }
 
 impl BridgeHandle {
@@ -63,6 +68,26 @@ impl BridgeHandle {
             messages: st.out.queued_len() + st.out.inflight_len(),
             queued_bytes: st.out.queued_bytes(),
             refused: self.session.dropped.load(Ordering::Relaxed),
+            oldest_age: st
+                .out
+                .oldest()
+                .map_or(Duration::ZERO, |d| journal_age(d.journaled_at)),
+        }
+    }
+
+    /// What `/metrics`, the status page and the logs show of this bridge, read now.
+    pub(crate) fn figures(&self) -> BridgeFigures {
+        let j = self.journal();
+        BridgeFigures {
+            name: self.name.clone(),
+            connected: self.stats.connected.load(Ordering::Relaxed),
+            reconnects: self.stats.reconnects.load(Ordering::Relaxed),
+            forwarded: self.stats.forwarded.load(Ordering::Relaxed),
+            received: self.stats.received.load(Ordering::Relaxed),
+            journal_messages: j.messages as u64,
+            journal_bytes: j.queued_bytes as u64,
+            journal_refused: j.refused,
+            oldest_age_s: j.oldest_age.as_secs_f64(),
         }
     }
 }
@@ -172,6 +197,7 @@ pub(crate) fn log_summary(bridges: &[BridgeHandle]) {
             journaled = j.messages,
             journaled_bytes = j.queued_bytes,
             refused_at_bound = j.refused,
+            oldest_age_s = j.oldest_age.as_secs_f64(),
             "bridge stopped"
         );
     }
