@@ -933,6 +933,7 @@ pub fn qos(n: u8) -> QoS {
         _ => QoS::ExactlyOnce,
     }
 }
+pub mod admin;
 pub mod certs;
 pub mod persist;
 
