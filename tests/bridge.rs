@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::admin::{dom_metric, get, scrape, value};
 use common::certs::Ca;
 use common::{connect, connect_with, options, BrokerProc, Client, WAIT};
 use rumqttc::QoS;
@@ -594,4 +595,190 @@ async fn journal_client_ids_are_reserved() {
     on_m.subscribe("r/#", QoS::AtLeastOnce).await;
     let pub_b = connect(b.addr, "pub").await;
     until_forwarded(&pub_b, &mut on_m, "r/probe").await;
+}
+
+/// `name{bridge="NAME"}`: one bridge's series.
+fn bridge_series(name: &str, bridge: &str) -> String {
+    format!("brokerd_bridge_{name}{{bridge=\"{bridge}\"}}")
+}
+
+/// Scrapes /metrics until `ok` holds for it (bounded by `WAIT`) and returns that scrape.
+fn scrape_until(
+    b: &BrokerProc,
+    what: &str,
+    ok: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = scrape(b);
+        if ok(&m) {
+            return m;
+        }
+        let bridge: Vec<_> = m.iter().filter(|(k, _)| k.contains("bridge")).collect();
+        assert!(Instant::now() < deadline, "{what} never held: {bridge:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// issue #11 item 4: /metrics and the status page show a bridge's state. With the remote
+/// stopped, N QoS 1 messages published locally are all in the journal (messages = N, bytes =
+/// their payloads), the oldest one's age grows, connected is 0; once the remote is back,
+/// forwarded reaches N, the journal is empty (age 0), connected is 1 and the reconnect is
+/// counted; messages from the remote count as received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_figures_in_metrics_and_on_the_status_page() {
+    const N: usize = 50;
+    let m = Mosquitto::start(0, "");
+    let port = m.addr.port();
+    let b = BrokerProc::start(&format!(
+        "[sys]\ninterval_s = 0\n{}",
+        bridge_toml("metered", &[m.addr], &["met/# out 1", "back/# in 1"], "")
+    ));
+    let s = |name: &str| bridge_series(name, "metered");
+    let v = |m: &HashMap<String, f64>, name: &str| value(m, &s(name));
+    let up = scrape_until(&b, "connected", |m| v(m, "connected") == 1.0);
+    for name in [
+        "reconnects_total",
+        "forwarded_total",
+        "received_total",
+        "journal_messages",
+        "journal_bytes",
+        "journal_refused_total",
+        "journal_oldest_age_seconds",
+    ] {
+        assert_eq!(v(&up, name), 0.0, "{name} before any traffic");
+    }
+
+    let mdir = m.stop();
+    b.wait_log("bridge disconnected");
+    let published = Instant::now();
+    let mut publisher = connect(b.addr, "publisher").await;
+    publish_numbered(&mut publisher, "met/seq", N).await;
+    let bytes: usize = (0..N).map(|i| i.to_string().len()).sum();
+    let down = scrape(&b);
+    assert_eq!(v(&down, "connected"), 0.0);
+    assert_eq!(v(&down, "journal_messages"), N as f64);
+    assert_eq!(v(&down, "journal_bytes"), bytes as f64);
+    assert_eq!(v(&down, "forwarded_total"), 0.0);
+    assert_eq!(v(&down, "journal_refused_total"), 0.0);
+    let age = v(&down, "journal_oldest_age_seconds");
+    // Stamped after `published`, at a tenth of a second's resolution.
+    assert!(
+        age <= published.elapsed().as_secs_f64() + 0.2,
+        "oldest age {age} s, published {:?} ago",
+        published.elapsed()
+    );
+    let older = scrape_until(&b, "the oldest age growing", |m| {
+        v(m, "journal_oldest_age_seconds") >= age + 0.3
+    });
+    assert_eq!(v(&older, "journal_messages"), N as f64);
+    // The status page shows the same, in the bridge's row.
+    let page = get(b.http_addr.expect("admin port"), "/").body;
+    let row = page
+        .find("data-bridge=\"metered\"")
+        .expect("the bridge's row");
+    assert_eq!(
+        dom_metric(&page, row, "brokerd_bridge_connected"),
+        "disconnected"
+    );
+    assert_eq!(
+        dom_metric(&page, row, "brokerd_bridge_journal_messages"),
+        N.to_string()
+    );
+    let shown: f64 = dom_metric(&page, row, "brokerd_bridge_journal_oldest_age_seconds")
+        .parse()
+        .expect("a number");
+    assert!(shown >= age + 0.3, "page shows oldest age {shown}");
+
+    let m = Mosquitto::start_in(mdir, port, "");
+    let drained = scrape_until(&b, "the journal drained", |m| {
+        v(m, "forwarded_total") == N as f64
+            && v(m, "journal_messages") == 0.0
+            && v(m, "connected") == 1.0
+    });
+    assert_eq!(v(&drained, "reconnects_total"), 1.0);
+    assert_eq!(v(&drained, "journal_bytes"), 0.0);
+    assert_eq!(v(&drained, "journal_oldest_age_seconds"), 0.0);
+    let page = get(b.http_addr.expect("admin port"), "/").body;
+    let row = page
+        .find("data-bridge=\"metered\"")
+        .expect("the bridge's row");
+    assert_eq!(
+        dom_metric(&page, row, "brokerd_bridge_connected"),
+        "connected"
+    );
+
+    // From the remote: counted once each.
+    let mut local = connect(b.addr, "local").await;
+    local.subscribe("back/#", QoS::AtLeastOnce).await;
+    let remote = connect(m.addr, "remote").await;
+    until_forwarded(&remote, &mut local, "back/probe").await;
+    let before = v(&scrape(&b), "received_total");
+    for i in 0..3 {
+        remote
+            .publish("back/n", QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+    }
+    for _ in 0..3 {
+        local.expect_publish_on("back/n").await;
+    }
+    scrape_until(&b, "three received", |m| {
+        v(m, "received_total") == before + 3.0
+    });
+    assert_eq!(v(&scrape(&b), "forwarded_total"), N as f64);
+    drop(m);
+}
+
+/// issue #11 item 4: after a kill -9 and a restart during an outage, /metrics shows the
+/// restored journal (all N messages) with the oldest age counted from the restart (stamps are
+/// not stored), growing again; once the remote is back it drains to 0, and the first
+/// connection of the new process is not a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_figures_after_a_restart_count_from_the_restart() {
+    const N: usize = 20;
+    let m = Mosquitto::start(0, "");
+    let port = m.addr.port();
+    let b = BrokerProc::start(&format!(
+        "{PERSIST}[sys]\ninterval_s = 0\n{}",
+        bridge_toml("kept", &[m.addr], &["k/# out 1"], "")
+    ));
+    let s = |name: &str| bridge_series(name, "kept");
+    let v = |m: &HashMap<String, f64>, name: &str| value(m, &s(name));
+    scrape_until(&b, "connected", |m| v(m, "connected") == 1.0);
+    let mdir = m.stop();
+    b.wait_log("bridge disconnected");
+    let mut publisher = connect(b.addr, "publisher").await;
+    publish_numbered(&mut publisher, "k/seq", N).await;
+    drop(publisher);
+    // Old enough that an age carried over would show.
+    scrape_until(&b, "an oldest age of 1 s", |m| {
+        v(m, "journal_oldest_age_seconds") >= 1.0
+    });
+
+    let config = std::fs::read_to_string(&b.config_path).expect("config");
+    let dir = b.kill9();
+    let restarted = Instant::now();
+    let extra = config.replacen("[listener]\nbind = \"127.0.0.1:0\"\n", "", 1);
+    let b = BrokerProc::start_in(dir, &extra);
+    let restored = scrape(&b);
+    let age = v(&restored, "journal_oldest_age_seconds");
+    assert_eq!(v(&restored, "journal_messages"), N as f64);
+    assert_eq!(v(&restored, "connected"), 0.0);
+    assert!(
+        age <= restarted.elapsed().as_secs_f64() + 0.2,
+        "oldest age {age} s, restarted {:?} ago",
+        restarted.elapsed()
+    );
+    scrape_until(&b, "the oldest age growing", |m| {
+        v(m, "journal_oldest_age_seconds") >= age + 0.3
+    });
+
+    let m = Mosquitto::start_in(mdir, port, "");
+    let drained = scrape_until(&b, "the journal drained", |m| {
+        v(m, "forwarded_total") == N as f64 && v(m, "journal_messages") == 0.0
+    });
+    assert_eq!(v(&drained, "journal_oldest_age_seconds"), 0.0);
+    assert_eq!(v(&drained, "connected"), 1.0);
+    assert_eq!(v(&drained, "reconnects_total"), 0.0);
+    drop(m);
 }
