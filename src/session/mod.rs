@@ -11,7 +11,7 @@ mod start;
 mod will;
 
 pub(crate) use authorize::Authorizer;
-pub(crate) use start::{run_connection, run_tls_connection};
+pub(crate) use start::{run_connection, run_tls_connection, run_upgraded};
 
 use std::sync::Arc;
 use std::time::Duration;

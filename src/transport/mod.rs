@@ -1,4 +1,4 @@
-//! The byte streams under the session loop: plain TCP and TLS behind one `Transport`.
+//! The byte streams under the session loop: plain TCP, TLS and WebSocket behind one `Transport`.
 //! L1: tokio, rustls and L0 only; nothing above it. Invariants: only `ready` waits, every other
 //! call returns at once (`WouldBlock` when it can do nothing now); a transport never holds a
 //! whole MQTT packet of its own, it only moves bytes into and out of the session's buffers;
@@ -6,6 +6,7 @@
 
 pub(crate) mod tcp;
 pub(crate) mod tls;
+pub(crate) mod ws;
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::io::{Interest, Ready};
 
 pub(crate) use tcp::Tcp;
 pub(crate) use tls::{HandshakeError, TlsAcceptor};
+pub(crate) use ws::WsAcceptor;
 
 /// Who the transport says the client is, handed to the CONNECT phase. Only a TLS listener with
 /// `use_identity_as_username` produces one; elsewhere the CONNECT's credentials decide.
