@@ -10,11 +10,12 @@
 //! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
-//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
+//! | L0 | `cidr` | IP networks as configuration values (`[websocket] trusted_proxies`) |
+//! | L1 | `transport` (`tcp`, `tls`, `ws`) | one `Transport` under the session loop: plain TCP, TLS (rustls) with its reloadable certificate, and WebSocket (RFC 6455 framing in place in the session's buffers, the HTTP upgrade, `X-Forwarded-For` from trusted proxies) |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
-//! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L4 | `server` (`ws`) | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate; a WebSocket connection's start (upgrade, forwarded address, admission) |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -44,6 +45,7 @@ mod auth;
 #[doc(hidden)]
 pub mod bench_api;
 mod broker;
+mod cidr;
 pub mod config;
 mod error;
 mod limits;
@@ -105,6 +107,8 @@ pub struct Listening {
     pub mqtt: SocketAddr,
     /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
     pub tls: Option<SocketAddr>,
+    /// The WebSocket listener (`[websocket] bind`), when `[websocket] enabled`.
+    pub ws: Option<SocketAddr>,
 }
 
 /// Asks a running broker to reload what it can without a restart: today the TLS certificate,
@@ -178,7 +182,7 @@ pub fn set_password(
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
-/// when TLS is enabled), calls `ready` with the bound addresses once connections are accepted,
+/// when TLS is enabled, `config.websocket.bind` when WebSocket is), calls `ready` with the bound addresses once connections are accepted,
 /// reloads what it can each time `reload` asks, and on shutdown stops accepting, closes every
 /// connection (their wills are published) and waits at most `listener.shutdown_grace_ms` for
 /// them.
@@ -223,6 +227,18 @@ pub async fn run(
             Some((listener, local, acceptor))
         }
         None => None,
+    };
+    let ws_listener = if config.websocket.enabled {
+        let addr = config.ws_bind_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| Error::Bind { addr, error })?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| Error::Bind { addr, error })?;
+        Some((listener, local))
+    } else {
+        None
     };
     let closing = CancellationToken::new();
     let ctx = Arc::new(session::ConnContext {
@@ -301,9 +317,29 @@ pub async fn run(
         }
         None => None,
     };
+    let ws_local = match ws_listener {
+        Some((listener, addr)) => {
+            info!(%addr, path = %config.websocket.path, "listening (websocket)");
+            let acceptor =
+                transport::WsAcceptor::new(&config.websocket, config.limits.max_packet_size);
+            let accept = server::accept_loop(
+                listener,
+                server::Kind::Ws(acceptor),
+                ctx.clone(),
+                admission.clone(),
+                closing.clone(),
+                token.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(accept);
+            Some(addr)
+        }
+        None => None,
+    };
     ready(Listening {
         mqtt: local,
         tls: tls_local,
+        ws: ws_local,
     });
     let accept = server::accept_loop(
         listener,

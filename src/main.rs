@@ -124,6 +124,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             if let Some(tls) = at.tls {
                 let _ = writeln!(out, "listening tls on {tls}");
             }
+            if let Some(ws) = at.ws {
+                let _ = writeln!(out, "listening ws on {ws}");
+            }
             let _ = out.flush();
         })
         .await?;
