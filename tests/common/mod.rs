@@ -21,6 +21,8 @@ pub struct BrokerProc {
     pub addr: SocketAddr,
     /// The TLS listener (`listening tls on ADDR`), when the config enables `[tls]`.
     pub tls_addr: Option<SocketAddr>,
+    /// The WebSocket listener (`listening ws on ADDR`), when the config enables `[websocket]`.
+    pub ws_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -45,7 +47,9 @@ impl BrokerProc {
         let extra = extra.replace("[listener]\n", "[listener]\nbind = \"127.0.0.1:0\"\n");
         let config_text = format!("{listener_extra}{extra}\n");
         std::fs::write(&config_path, &config_text).expect("write config");
-        let tls = brokerd::Config::parse(&config_text, &config_path).is_ok_and(|c| c.tls.enabled);
+        let parsed = brokerd::Config::parse(&config_text, &config_path).ok();
+        let tls = parsed.as_ref().is_some_and(|c| c.tls.enabled);
+        let ws = parsed.as_ref().is_some_and(|c| c.websocket.enabled);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
@@ -88,10 +92,18 @@ impl BrokerProc {
                 .parse()
                 .expect("TLS address")
         });
+        let ws_addr = ws.then(|| {
+            let line = next_line("listening ws on");
+            line.strip_prefix("listening ws on ")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"))
+                .parse()
+                .expect("WebSocket address")
+        });
         BrokerProc {
             child,
             addr,
             tls_addr,
+            ws_addr,
             dir,
             config_path,
             stderr_path,
