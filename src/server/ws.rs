@@ -11,13 +11,14 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, field, info_span, Instrument};
+use tracing::{debug, field, info_span, Instrument, Span};
 
 use super::Admission;
 use crate::limits::accept::Admitted;
 use crate::limits::log_fold::{folded, Kind as LogKind};
 use crate::session::{run_upgraded, ConnContext};
 use crate::transport::ws::HandshakeError;
+use crate::transport::ws::Ws;
 use crate::transport::WsAcceptor;
 
 /// Serves one accepted connection of the WebSocket listener from `peer`. `admitted` is `None`
@@ -31,13 +32,47 @@ pub(super) async fn serve(
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + ctx.connect_timeout;
-    let span = info_span!("conn", %peer, ws = true);
+    // Boxed, like the TLS handshake: its state (and its span) is freed before the session
+    // loop runs, so an idle WebSocket connection keeps only what a TCP one keeps, plus `Ws`.
+    let upgraded = Box::pin(upgrade(
+        stream,
+        peer,
+        acceptor,
+        admitted,
+        admission,
+        ctx.clone(),
+        shutdown.clone(),
+        deadline,
+    ));
+    let Some((transport, client, span, admitted)) = upgraded.await else {
+        return;
+    };
+    run_upgraded(transport, client, deadline, ctx, shutdown)
+        .instrument(span)
+        .await;
+    drop(admitted);
+}
+
+/// The handshake up to the 101: returns the connection, the client's address, the span its
+/// session runs in and its admission; `None` when it ended here (answered and logged).
+#[allow(clippy::too_many_arguments)] // the accept loop's state, passed through once
+async fn upgrade(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: WsAcceptor,
+    admitted: Option<Admitted>,
+    admission: Admission,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+    deadline: Instant,
+) -> Option<(Ws, SocketAddr, Span, Admitted)> {
+    let _ = stream.set_nodelay(true);
+    let hs_span = info_span!("conn", %peer, ws = true);
     let log = &ctx.limits.log;
     let request = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = timeout_at(deadline, acceptor.read_request(stream, peer)).instrument(span.clone()) => r,
+        _ = shutdown.cancelled() => return None,
+        r = timeout_at(deadline, acceptor.read_request(stream, peer)).instrument(hs_span.clone()) => r,
     };
     let upgrade = match request {
         Ok(Ok(upgrade)) => upgrade,
@@ -46,32 +81,33 @@ pub(super) async fn serve(
                 log,
                 LogKind::Disconnected,
                 info,
-                parent: &span,
+                parent: &hs_span,
                 "closed: WebSocket handshake not done within limits.connect_timeout_ms"
             );
-            return;
+            return None;
         }
         Ok(Err(HandshakeError::Refused { status, reason })) => {
             folded!(
                 log,
                 LogKind::ProtocolError,
                 warn,
-                parent: &span,
+                parent: &hs_span,
                 status,
                 reason,
                 "WebSocket handshake refused"
             );
-            return;
+            return None;
         }
         Ok(Err(HandshakeError::Silent)) => {
-            debug!(parent: &span, "closed before the WebSocket handshake");
-            return;
+            debug!(parent: &hs_span, "closed before the WebSocket handshake");
+            return None;
         }
         Ok(Err(e)) => {
-            folded!(log, LogKind::Disconnected, info, parent: &span, error = %e, "WebSocket handshake failed: closed");
-            return;
+            folded!(log, LogKind::Disconnected, info, parent: &hs_span, error = %e, "WebSocket handshake failed: closed");
+            return None;
         }
     };
+    drop(hs_span);
     let client_ip = upgrade.client();
     // Behind a proxy the client's port is unknown: the span shows the address alone.
     let (client, span) = if upgrade.forwarded() {
@@ -87,7 +123,7 @@ pub(super) async fn serve(
             Ok(admitted) => admitted,
             Err(why) => {
                 let _ = timeout_at(deadline, upgrade.refuse_limited(why.key())).await;
-                return;
+                return None;
             }
         },
     };
@@ -96,7 +132,7 @@ pub(super) async fn serve(
         Ok(Ok(transport)) => transport,
         Ok(Err(e)) => {
             folded!(log, LogKind::Disconnected, info, parent: &span, error = %e, "WebSocket handshake failed: closed");
-            return;
+            return None;
         }
         Err(_) => {
             folded!(
@@ -106,13 +142,10 @@ pub(super) async fn serve(
                 parent: &span,
                 "closed: WebSocket handshake not done within limits.connect_timeout_ms"
             );
-            return;
+            return None;
         }
     };
-    run_upgraded(transport, client, deadline, ctx.clone(), shutdown)
-        .instrument(span)
-        .await;
-    drop(admitted);
+    Some((transport, client, span, admitted))
 }
 
 /// A forwarded client's address with the proxy it came through, for the refusal line.
