@@ -305,14 +305,20 @@ fn frame_violations_are_closed_with_their_status() {
         let log = b.wait_log(reason);
         let line = log.lines().find(|l| l.contains(reason)).unwrap();
         assert!(
-            line.contains("WARN") && line.contains(&format!("close_code={code}")),
+            line.contains("WARN")
+                && line.contains("disconnected: protocol violation")
+                && line.contains(&format!("closed with status {code}")),
             "{line}"
         );
     }
-    // A message of several frames is bounded as a whole.
+    // A message of several frames is bounded as a whole. Its bytes start a valid PUBLISH of
+    // 901 bytes (within max_packet_size), so only the WebSocket bound can refuse it.
     let mut ws = WsClient::connected(addr, &RawConnect::new("ws-long-message"));
-    ws.frame(false, BINARY, &[0x30; 600], true);
-    ws.frame(true, CONTINUATION, &[0; 600], true);
+    let mut long = publish_packet("t", 0, false, false, 0, &[0u8; 895]);
+    assert_eq!(long.len(), 901);
+    long.resize(1201, 0);
+    ws.frame(false, BINARY, &long[..600], true);
+    ws.frame(true, CONTINUATION, &long[600..], true);
     ws.expect_close(1009);
     b.wait_log("message of over 1005 bytes");
 }

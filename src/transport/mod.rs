@@ -53,4 +53,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// Whether bytes taken by `try_write` (or produced by the transport, such as a TLS alert)
     /// still wait to go out on the socket.
     fn has_buffered_output(&self) -> bool;
+
+    /// Ends the stream as its protocol asks, bounded in time, after the session is over (the
+    /// socket closes when the transport is dropped). Nothing for TCP and TLS; a WebSocket whose
+    /// close frame was sent waits briefly for the client's end, so that the close frame is not
+    /// lost to a reset.
+    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
 }

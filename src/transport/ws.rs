@@ -6,18 +6,19 @@
 //! message is ever buffered here (a frame header of at most 14 bytes, a control payload of at
 //! most 125, and at most one pong plus one close waiting to go out); a frame or message over
 //! the limit, a text frame and any protocol violation get a close frame with its status code
-//! and end the stream with an error, never a panic.
+//! and end the stream with an error (`Refused`), never a panic.
 
 mod handshake;
 
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{Interest, Ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, Ready};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Transport;
 pub(crate) use handshake::{HandshakeError, WsAcceptor};
@@ -38,6 +39,10 @@ mod status {
     pub(super) const UNSUPPORTED_DATA: u16 = 1003;
     pub(super) const TOO_BIG: u16 = 1009;
 }
+
+/// How long, at most, a connection whose close frame was sent waits for the client to close
+/// its end (RFC 6455 7.1.1), discarding what it still sends.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Pongs not sent because the previous one was still being written (RFC 6455 5.5.3 allows
 /// answering only the most recent ping): the bound of the control queue, counted.
@@ -68,6 +73,15 @@ pub(crate) enum FrameError {
     FrameTooBig { len: u64, max: u64 },
     #[error("message of over {max} bytes (limits.max_packet_size + 5)")]
     MessageTooBig { max: u64 },
+}
+
+/// The error that ends a stream whose frames were refused: the rule broken and the status of
+/// the close frame sent. The session logs it (folded, at warn) as the reason it ended.
+#[derive(Debug, thiserror::Error)]
+#[error("websocket: {error}; closed with status {code}")]
+pub(crate) struct Refused {
+    error: FrameError,
+    code: u16,
 }
 
 impl FrameError {
@@ -428,16 +442,17 @@ impl Ws {
     }
 
     /// Refuses the client's frames: queues the close frame, sends it if the socket takes it
-    /// now, logs the reason once, and returns the error that ends the stream.
+    /// now, and returns the error that ends the stream (the session logs it, once).
     fn fail(&mut self, e: FrameError) -> io::Error {
         let code = e.close_code();
-        warn!(error = %e, close_code = code, "websocket: closing");
-        self.tx.ctrl.clear();
-        self.tx.ctrl_at = 0;
+        if self.tx.ctrl_at == 0 {
+            // A pong not started yet is not needed any more; one half-written must finish.
+            self.tx.ctrl.clear();
+        }
         self.tx.queue_close(Some(code), &e.to_string());
         let _ = self.tx.flush_control(&self.tcp);
         self.rx.closed = true;
-        io::Error::new(io::ErrorKind::InvalidData, e)
+        io::Error::new(io::ErrorKind::InvalidData, Refused { error: e, code })
     }
 }
 
@@ -535,6 +550,31 @@ impl Transport for Ws {
 
     fn has_buffered_output(&self) -> bool {
         self.tx.has_output()
+    }
+
+    async fn close(&mut self) {
+        // Only once a close frame is queued or sent (the client's close answered, or its
+        // frames refused): then the close frame goes out, then FIN, then what the client
+        // still sends is read and discarded until it closes too (or CLOSE_LINGER passes).
+        // Dropping a socket with unread input would send a reset, and a client could lose
+        // the close frame, and its status, with it.
+        if !self.rx.closed {
+            return;
+        }
+        let linger = async {
+            // Not inside a data frame: the close frame can go out.
+            while self.tx.frame_left == 0 && self.tx.has_output() {
+                if self.tx.flush_control(&self.tcp).is_err()
+                    || (self.tx.has_output() && self.tcp.writable().await.is_err())
+                {
+                    return;
+                }
+            }
+            let _ = self.tcp.shutdown().await;
+            let mut scratch = [0u8; 1024];
+            while let Ok(1..) = self.tcp.read(&mut scratch).await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
     }
 }
 
