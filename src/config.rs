@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod bridge;
+pub use bridge::BridgeConfig;
+pub(crate) use bridge::TopicRule;
+
 /// The commented sample configuration; its values are the defaults (a test keeps them equal).
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/broker.toml");
 
@@ -40,6 +44,11 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    /// `[[bridge]]` tables (issue #11), none by default.
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
+    pub http: HttpConfig,
+    pub sys: SysConfig,
     pub websocket: WebsocketConfig,
 }
 
@@ -193,12 +202,58 @@ pub struct WebsocketConfig {
     pub trusted_proxies: Vec<String>,
 }
 
+/// `[http]`: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; see
+/// src/admin/).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address and port; port 0 picks a free port (printed as `listening http on ADDR`).
+    pub bind: String,
+}
+
+/// `[sys]`: the `$SYS/broker/...` topics (Mosquitto's `sys_interval`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` tree; 0 = off.
+    pub interval_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_s: 10 }
+    }
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing-subscriber filter such as "info" or "brokerd=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// How each line is written: text for people, one JSON object for log shippers.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL span: target: message key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields (with message), span(s).
+    Json,
 }
 
 impl Default for ListenerConfig {
@@ -276,6 +331,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -364,6 +420,18 @@ impl Config {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
         self.tls.validate(&mut bad);
+        for (i, b) in self.bridges.iter().enumerate() {
+            b.validate(i, &mut bad);
+            if self.bridges[..i].iter().any(|o| o.name == b.name) {
+                bad(
+                    &format!("bridge[{}].name", b.name),
+                    "is used by another bridge",
+                );
+            }
+        }
+        if self.http.bind.parse::<SocketAddr>().is_err() {
+            bad("http.bind", "must be an IP:port such as \"127.0.0.1:8081\"");
+        }
         self.websocket.validate(&mut bad);
         if self
             .log
@@ -394,6 +462,14 @@ impl Config {
             .bind
             .parse()
             .expect("validate() checked websocket.bind")
+    }
+
+    /// The admin HTTP address (validated).
+    pub fn http_bind_addr(&self) -> SocketAddr {
+        self.http
+            .bind
+            .parse()
+            .expect("validate() checked http.bind")
     }
 
     /// The listener address (validated).

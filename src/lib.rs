@@ -6,17 +6,20 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L0 | `error`, `config` (`bridge`), `topic`, `message` | typed errors, the TOML schema (with `[[bridge]]` and Mosquitto's bridge `topic` lines), validated topic names/filters, the shared `Message` |
 //! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
-//! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L0 | `cidr` | IP networks as configuration values (`[websocket] trusted_proxies`) |
-//! | L1 | `transport` (`tcp`, `tls`, `ws`) | one `Transport` under the session loop: plain TCP, TLS (rustls) with its reloadable certificate, and WebSocket (RFC 6455 framing in place in the session's buffers, the HTTP upgrade, `X-Forwarded-For` from trusted proxies) |
+//! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
+//! | L1 | `transport` (`tcp`, `tls`, `tls_client`, `ws`) | one `Transport` under the session loop: plain TCP, TLS (rustls) with its reloadable certificate, and WebSocket (RFC 6455 framing in place in the session's buffers, the HTTP upgrade, `X-Forwarded-For` from trusted proxies); the client side of TLS for bridges |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` (`ws`) | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate; a WebSocket connection's start (upgrade, forwarded address, admission) |
+//! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
+//! | L4 | `admin` (`http`) | the admin HTTP port: `/healthz`, `/readyz`; `probe` behind `brokerd health` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
+//! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
@@ -41,15 +44,18 @@
 //! connection's `pending_acks` until the writer reports that state durable
 //! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
+mod admin;
 mod auth;
 #[doc(hidden)]
 pub mod bench_api;
+mod bridge;
 mod broker;
 mod cidr;
 pub mod config;
 mod error;
 mod limits;
 mod message;
+pub mod ops;
 mod protocol;
 mod server;
 mod session;
@@ -67,7 +73,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use admin::http::{probe, ProbeError};
 pub use config::{Config, ConfigError};
+pub use ops::reload::LogLevelHook;
 
 /// How often keep-alive deadlines are checked: a silent client is closed between 1.5 x its
 /// keep-alive and that plus this period.
@@ -107,19 +115,38 @@ pub struct Listening {
     pub mqtt: SocketAddr,
     /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
     pub tls: Option<SocketAddr>,
+    /// The admin HTTP port (`[http] bind`), when `[http] enabled`.
+    pub http: Option<SocketAddr>,
     /// The WebSocket listener (`[websocket] bind`), when `[websocket] enabled`.
     pub ws: Option<SocketAddr>,
 }
 
-/// Asks a running broker to reload what it can without a restart: today the TLS certificate,
-/// key and CA files (the password and ACL files are read at start-up only). Clone it into a
-/// signal handler (SIGHUP) and call `reload`.
-#[derive(Debug, Clone)]
-pub struct ReloadHandle(Arc<tokio::sync::watch::Sender<u64>>);
+/// Asks a running broker to reload what it can without a restart. Clone it into a signal
+/// handler (SIGHUP) and call `reload`. Made `with_config_file`, a reload re-reads that file and
+/// applies what can change while running (`ops::reload::RELOADABLE`: the log level, some
+/// limits, `[auth]` and the password and ACL files; and the TLS files); made with `new`, it
+/// reloads the TLS certificate, key and CA files only. A request made before `run` is ready
+/// is not kept.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requests: Arc<tokio::sync::watch::Sender<u64>>,
+    source: Option<(std::path::PathBuf, LogLevelHook)>,
+}
+
+impl std::fmt::Debug for ReloadHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadHandle")
+            .field("config_file", &self.source.as_ref().map(|(p, _)| p))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Default for ReloadHandle {
     fn default() -> Self {
-        ReloadHandle(Arc::new(tokio::sync::watch::Sender::new(0)))
+        ReloadHandle {
+            requests: Arc::new(tokio::sync::watch::Sender::new(0)),
+            source: None,
+        }
     }
 }
 
@@ -128,13 +155,22 @@ impl ReloadHandle {
         ReloadHandle::default()
     }
 
+    /// A handle whose reloads re-read `path` (the file `run`'s configuration came from);
+    /// `log_level` installs a new `[log] level` in the process's subscriber.
+    pub fn with_config_file(path: std::path::PathBuf, log_level: LogLevelHook) -> ReloadHandle {
+        ReloadHandle {
+            source: Some((path, log_level)),
+            ..ReloadHandle::default()
+        }
+    }
+
     /// Requests a reload; requests made while one runs are merged into one more.
     pub fn reload(&self) {
-        self.0.send_modify(|n| *n += 1);
+        self.requests.send_modify(|n| *n += 1);
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+        self.requests.subscribe()
     }
 }
 
@@ -151,6 +187,9 @@ pub fn check(config: &Config) -> Result<(), Error> {
     if config.persistence.enabled {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
+    }
+    for b in &config.bridges {
+        bridge::tls_config(b).map_err(Error::Tls)?;
     }
     Ok(())
 }
@@ -200,6 +239,8 @@ pub async fn run(
     } else {
         None
     };
+    // Up before the store loads: /healthz answers and /readyz says 503 during a long load.
+    let admin = admin::AdminServer::start(&config).await?;
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -296,13 +337,37 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
+    // Bridges subscribe their journals before any client is accepted (issue #11).
+    let bridges = bridge::start(
+        &config.bridges,
+        &broker,
+        config.limits.max_packet_size,
+        &token,
+        &tracker,
+    )
+    .map_err(Error::Tls)?;
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);
+    if let Some((path, log_level)) = reload.source.clone() {
+        let acceptor = tls_listener.as_ref().map(|(_, _, a)| a.clone());
+        let reloader = ops::reload::Reloader::new(
+            path,
+            config.clone(),
+            ctx.clone(),
+            admission.clone(),
+            acceptor,
+            log_level,
+        );
+        spawn_config_reloader(reloader, reload.subscribe(), &token, &tracker);
+    }
     let tls_local = match tls_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
-            spawn_tls_reloader(acceptor.clone(), reload.subscribe(), &token, &tracker);
+            // With a configuration file, SIGHUP reloads the TLS files as part of the whole
+            // configuration (the reloader above); the poller keeps watching them for changes.
+            let signals = reload.source.is_none().then(|| reload.subscribe());
+            spawn_tls_reloader(acceptor.clone(), signals, &token, &tracker);
             let accept = server::accept_loop(
                 listener,
                 server::Kind::Tls(acceptor),
@@ -336,9 +401,13 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(a) = &admin {
+        a.admin.set_ready();
+    }
     ready(Listening {
         mqtt: local,
         tls: tls_local,
+        http: admin.as_ref().map(|a| a.addr),
         ws: ws_local,
     });
     let accept = server::accept_loop(
@@ -370,23 +439,60 @@ pub async fn run(
         );
     }
     ctx.limits.log_summary();
+    bridge::log_summary(&bridges);
     // The writer thread flushes what is pending; join it off the async workers. A store that
     // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
     let closed = tokio::task::spawn_blocking(move || store.close(grace))
         .await
         .unwrap_or(Ok(()));
     broker.log_summary();
+    if let Some(a) = admin {
+        a.stop().await;
+    }
     closed.map_err(|e| {
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())
     })
 }
 
-/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and when `reload`
-/// asks (SIGHUP). File system access runs off the async workers.
+/// Reloads the configuration each time `requests` asks (SIGHUP), one reload at a time, off
+/// the async workers.
+fn spawn_config_reloader(
+    reloader: ops::reload::Reloader,
+    mut requests: tokio::sync::watch::Receiver<u64>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let token = token.clone();
+    let reloader = Arc::new(std::sync::Mutex::new(reloader));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                r = requests.changed() => {
+                    if r.is_err() {
+                        return; // no handle left: no reload can be asked for
+                    }
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        reloader
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .reload();
+                    })
+                    .await;
+                }
+            }
+        }
+    });
+}
+
+/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and, given
+/// `reload`, when it asks (SIGHUP without a configuration file). File system access runs off
+/// the async workers.
 fn spawn_tls_reloader(
     acceptor: transport::TlsAcceptor,
-    mut reload: tokio::sync::watch::Receiver<u64>,
+    reload: Option<tokio::sync::watch::Receiver<u64>>,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -394,7 +500,8 @@ fn spawn_tls_reloader(
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(TLS_FILE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut signals = true;
+        let mut signals = reload.is_some();
+        let mut reload = reload.unwrap_or_else(|| tokio::sync::watch::channel(0).1);
         loop {
             let acceptor = acceptor.clone();
             tokio::select! {

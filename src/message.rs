@@ -19,6 +19,9 @@ pub(crate) struct Message {
     pub(crate) qos: QoS,
     /// The RETAIN flag it was published with.
     pub(crate) retain: bool,
+    /// The `Session::uid` of the bridge it came in through, 0 for any other publisher: it is
+    /// never delivered back to that session (bridge loop prevention, issue #11 item 3).
+    pub(crate) origin: u64,
 }
 
 /// The form every queue holds: one allocation shared by all subscribers.

@@ -9,7 +9,7 @@
 mod ws;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,7 +37,9 @@ pub(crate) enum Kind {
 #[derive(Clone)]
 pub(crate) struct Admission {
     permits: Arc<Semaphore>,
-    max_connections: usize,
+    /// `limits.max_connections`; the semaphore's permits add up to it (changed by a reload,
+    /// see `set_max_connections`).
+    max_connections: Arc<AtomicUsize>,
     /// Connections refused for `max_connections`, over all listeners (logged at powers of two).
     refused: Arc<AtomicU64>,
     /// One gate, one per-address table: a plain and a TLS connection from one address count
@@ -50,9 +52,33 @@ impl Admission {
     pub(crate) fn new(limits: &LimitsConfig) -> Admission {
         Admission {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
-            max_connections: limits.max_connections,
+            max_connections: Arc::new(AtomicUsize::new(limits.max_connections)),
             refused: Arc::new(AtomicU64::new(0)),
             gate: Arc::new(Mutex::new(AcceptGate::new(limits))),
+        }
+    }
+
+    /// A reload: from now on at most `max` connections. Raising adds permits at once. Lowering
+    /// takes the free permits away at once and the rest as connections end (a task on
+    /// `runtime` waits for them): connected clients are never closed for it, and new ones are
+    /// refused until the count is below the new limit. Calls must not overlap (the reloader
+    /// runs one reload at a time).
+    pub(crate) fn set_max_connections(&self, max: usize, runtime: &tokio::runtime::Handle) {
+        let old = self.max_connections.swap(max, Ordering::Relaxed);
+        if max > old {
+            self.permits.add_permits(max - old);
+        } else if max < old {
+            let owed = (old - max) - self.permits.forget_permits(old - max);
+            if owed > 0 {
+                let permits = self.permits.clone();
+                // More than u32::MAX cannot be owed in practice (connections are fds).
+                let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+                runtime.spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned(owed).await {
+                        p.forget();
+                    }
+                });
+            }
         }
     }
 
@@ -96,7 +122,6 @@ pub(crate) async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let max_connections = admission.max_connections;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -134,6 +159,7 @@ pub(crate) async fn accept_loop(
         let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
             let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
+                let max_connections = admission.max_connections.load(Ordering::Relaxed);
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
             }
             drop(stream);

@@ -323,7 +323,8 @@ impl Broker {
                 retain: true,
                 seq: 0,
             };
-            session.offer(d, &self.inner.limits, true, true, &self.inner.store);
+            let limits = session.limits(&self.inner.limits);
+            session.offer(d, limits, true, true, &self.inner.store);
         }
     }
 
@@ -372,16 +373,21 @@ impl Broker {
         let inner = &*self.inner;
         inner.subs.matches(&msg.topic, matches);
         for (session, granted) in matches.drain(..) {
+            // Issue #11 item 3: never back to the bridge it came from (loop prevention).
+            if msg.origin == session.uid {
+                continue;
+            }
             let d = Delivery {
                 msg: msg.clone(),
                 qos: min_qos(msg.qos, granted),
-                retain: false,
+                // [MQTT-3.3.1-9] RETAIN=0, except to a bridge: as published (as Mosquitto).
+                retain: msg.retain && session.bridge.load(Ordering::Relaxed),
                 seq: 0,
             };
             let qos = d.qos;
             let offer = session.offer(
                 d,
-                &inner.limits,
+                session.limits(&inner.limits),
                 inner.queue_qos0_offline,
                 false,
                 &inner.store,
@@ -418,8 +424,8 @@ impl Broker {
                 client_id = %session.client_id,
                 session_dropped = session.dropped.load(Ordering::Relaxed),
                 total_dropped = total,
-                limit = %full.key(),
-                limit_value = full.value(&inner.limits),
+                limit = %full.key_for(session),
+                limit_value = full.value(session.limits(&inner.limits)),
                 "subscriber queue full: dropping messages (warning at most once a second)"
             );
         }
@@ -509,6 +515,7 @@ impl Broker {
                         payload: r.payload,
                         qos: qos_from_u8(r.qos).unwrap_or(QoS::AtMostOnce),
                         retain: true,
+                        origin: 0,
                     });
                     self.inner.retained.set(&topic, msg);
                 }
@@ -546,6 +553,7 @@ impl Broker {
                             payload: e.msg.payload,
                             qos,
                             retain: e.msg.retain,
+                            origin: 0,
                         }),
                         qos,
                         retain: e.msg.retain,

@@ -33,7 +33,7 @@ pub(crate) use sled_backend::SledBackend;
 pub(crate) enum StoreError {
     #[error("storage engine: {0}")]
     Engine(sled::Error),
-    #[error("data directory {path}: {error}")]
+    #[error("data directory {path}: {error}{}", dir_hint(path, error))]
     Dir {
         path: PathBuf,
         error: std::io::Error,
@@ -51,6 +51,15 @@ pub(crate) enum StoreError {
     Corrupt(&'static str),
     #[error("{ops} operations were not written to disk ({why})")]
     Unflushed { ops: usize, why: &'static str },
+}
+
+/// For a permission error on the data directory (or its lock file): which uid needs access.
+fn dir_hint(path: &std::path::Path, error: &std::io::Error) -> String {
+    let dir = match path.file_name() {
+        Some(name) if name == dir::LOCK_FILE => path.parent().unwrap_or(path),
+        _ => path,
+    };
+    crate::error::access_hint(error, dir, "readable and writable")
 }
 
 impl StoreError {

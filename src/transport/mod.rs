@@ -6,6 +6,7 @@
 
 pub(crate) mod tcp;
 pub(crate) mod tls;
+pub(crate) mod tls_client;
 pub(crate) mod ws;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use tokio::io::{Interest, Ready};
 
 pub(crate) use tcp::Tcp;
 pub(crate) use tls::{HandshakeError, TlsAcceptor};
+pub(crate) use tls_client::TlsClient;
 pub(crate) use ws::WsAcceptor;
 
 /// Who the transport says the client is, handed to the CONNECT phase. Only a TLS listener with

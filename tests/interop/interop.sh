@@ -106,9 +106,11 @@ start_broker() {
     STARTED_PID=$!
     STARTED_PORT=""
     STARTED_TLS_PORT=""
+    STARTED_HTTP_PORT=""
     for _ in $(seq 100); do
         STARTED_PORT="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
         STARTED_TLS_PORT="$(sed -n 's/^listening tls on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
+        STARTED_HTTP_PORT="$(sed -n 's/^listening http on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
         [[ -n "$STARTED_PORT" && ( -z "$tls" || -n "$STARTED_TLS_PORT" ) ]] && break
         kill -0 "$STARTED_PID" 2>/dev/null || break
         sleep 0.1
@@ -125,6 +127,10 @@ cat >"$TMP/broker.toml" <<EOF
 [listener]
 bind = "127.0.0.1:0"
 shutdown_grace_ms = 2000
+
+# Never the default 8081: two brokers (or two runs of this script) must not collide.
+[http]
+bind = "127.0.0.1:0"
 
 [tls]
 enabled = true
@@ -490,6 +496,8 @@ cat >"$TMP/auth.toml" <<EOF
 [listener]
 bind = "127.0.0.1:0"
 shutdown_grace_ms = 2000
+[http]
+bind = "127.0.0.1:0"
 [auth]
 allow_anonymous = false
 password_file = "$TMP/passwd"
