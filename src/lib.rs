@@ -287,9 +287,6 @@ pub async fn run(
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
         authorizer: session::Authorizer::new(auth),
-        max_packet_size: config.limits.max_packet_size,
-        connect_timeout: Duration::from_millis(config.limits.connect_timeout_ms),
-        max_keepalive_s: config.limits.max_keepalive_s,
         limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
         metrics: metrics.clone(),
@@ -388,8 +385,7 @@ pub async fn run(
     let ws_local = match ws_listener {
         Some((listener, addr)) => {
             info!(%addr, path = %config.websocket.path, "listening (websocket)");
-            let acceptor =
-                transport::WsAcceptor::new(&config.websocket, config.limits.max_packet_size);
+            let acceptor = transport::WsAcceptor::new(&config.websocket);
             let accept = server::accept_loop(
                 listener,
                 server::Kind::Ws(acceptor),

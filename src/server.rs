@@ -83,6 +83,15 @@ impl Admission {
         }
     }
 
+    /// A reload: the accept rates and `max_connections_per_ip` from now on; the per-address
+    /// connection counts are kept (see `AcceptGate::set_limits`).
+    pub(crate) fn set_accept_limits(&self, limits: &LimitsConfig) {
+        self.gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_limits(limits);
+    }
+
     fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
         // A poisoned lock is recovered: the gate is plain data every call leaves consistent.
         self.gate

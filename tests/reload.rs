@@ -391,3 +391,110 @@ fn anonymous_rule_changes_on_sighup() {
     before.ping();
     b.stop();
 }
+
+/// issue #10 item 6: the bounds a connection reads when it starts (`max_packet_size`,
+/// `max_keepalive_s`, `connect_timeout_ms`) apply on SIGHUP to connections opened afterwards;
+/// a connection opened before keeps the bounds it started with (documented).
+#[test]
+fn connection_bounds_apply_to_new_connections() {
+    let b = BrokerProc::start("[limits]\nmax_keepalive_s = 1\n");
+    let big = vec![b'x'; 2000];
+    let mut old = Raw::connected(b.addr, "old");
+    rewrite(
+        &b,
+        "[limits]\nmax_packet_size = 1000\nmax_keepalive_s = 60\nconnect_timeout_ms = 300\n",
+    );
+    let log = hup(&b, "config reloaded", 1);
+    let done = last_line(&log, "config reloaded");
+    for key in [
+        "limits.max_packet_size",
+        "limits.max_keepalive_s",
+        "limits.connect_timeout_ms",
+    ] {
+        assert!(done.contains(key), "{key} not applied: {done}");
+    }
+    assert!(!log.contains("need a restart"), "{log}");
+    // The old connection: the old max_packet_size (1 MiB) and keep-alive cap (1 s).
+    old.send(&publish_packet("big/t", 1, false, false, 1, &big));
+    assert_eq!(old.expect_packet("PUBACK"), ack_packet(0x40, 1));
+    old.drain_until_closed(Duration::from_secs(5));
+    // A new connection: 1000 bytes is the bound, and keep-alive 60 is not cut to 1 s.
+    let mut new = Raw::connected(b.addr, "new");
+    new.send(&publish_packet("big/t", 1, false, false, 1, &big[..900]));
+    assert_eq!(new.expect_packet("PUBACK"), ack_packet(0x40, 1));
+    new.expect_silence(Duration::from_millis(2500));
+    new.ping();
+    new.send(&publish_packet("big/t", 1, false, false, 2, &big));
+    new.expect_closed();
+    b.wait_log("max_packet_size 1000");
+    // A new connection that sends nothing is closed after the new connect timeout (300 ms).
+    let mut silent = Raw::connect(b.addr);
+    let start = Instant::now();
+    silent.drain_until_closed(Duration::from_secs(5));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}, not the reloaded connect_timeout_ms",
+        start.elapsed()
+    );
+    b.stop();
+}
+
+/// issue #10 item 6: the accept limits change in place on SIGHUP and keep each address's
+/// connection count: `max_connections_per_ip` lowered to the connections an address holds
+/// refuses its next one (its open connections still count) and admits one again when one of
+/// them closes; a per-address rate lowered to 1/s with a burst of 1 refuses the second of two
+/// connections in a row.
+#[test]
+fn accept_limits_change_in_place_keeping_counts() {
+    let b = BrokerProc::start("[limits]\nmax_connections_per_ip = 3\n");
+    let mut a1 = admitted(&b, "a1").expect("first client");
+    let a2 = admitted(&b, "a2").expect("second client");
+    rewrite(&b, "[limits]\nmax_connections_per_ip = 2\n");
+    hup(&b, "config reloaded", 1);
+    assert!(
+        admitted(&b, "a3").is_none(),
+        "a third connection from one address under max_connections_per_ip = 2"
+    );
+    b.wait_log_lines(
+        &["connection refused at accept", "max_connections_per_ip"],
+        1,
+    );
+    a1.ping();
+    drop(a2);
+    // The count given back when a2 closes frees one place (refusals for the count take no
+    // token of the rate, so retrying costs nothing).
+    let deadline = Instant::now() + WAIT;
+    let mut a4 = loop {
+        if let Some(c) = admitted(&b, "a4") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no place after a2 left");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    rewrite(
+        &b,
+        "[limits]\nmax_accept_rate_per_ip = 1\naccept_burst_per_ip = 1\n",
+    );
+    let log = hup(&b, "config reloaded", 2);
+    let done = last_line(&log, "config reloaded");
+    for key in [
+        "limits.max_connections_per_ip",
+        "limits.max_accept_rate_per_ip",
+        "limits.accept_burst_per_ip",
+    ] {
+        assert!(done.contains(key), "{key} not applied: {done}");
+    }
+    let mut a5 = admitted(&b, "a5").expect("the one token of the burst");
+    assert!(
+        admitted(&b, "a6").is_none(),
+        "two connections in a row under a burst of 1"
+    );
+    b.wait_log_lines(
+        &["connection refused at accept", "max_accept_rate_per_ip"],
+        1,
+    );
+    a1.ping();
+    a4.ping();
+    a5.ping();
+    b.stop();
+}

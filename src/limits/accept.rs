@@ -139,6 +139,50 @@ impl AcceptGate {
         }
     }
 
+    /// A reload: the new rates, bursts and `max_connections_per_ip` decide from now on. The
+    /// per-address table is kept, with every address's connection count and bucket (a bucket
+    /// holding more than the new burst is cut down to it); the overall bucket likewise. A
+    /// per-address limit turned on where none was counts only connections accepted from now on
+    /// (before, no table was kept: an off limit costs nothing).
+    pub(crate) fn set_limits(&mut self, l: &LimitsConfig) {
+        let now_us = self.origin.elapsed().as_micros() as u64;
+        self.set_limits_at(l, now_us);
+    }
+
+    fn set_limits_at(&mut self, l: &LimitsConfig, now_us: u64) {
+        self.per_ip = (l.max_accept_rate_per_ip > 0)
+            .then(|| Rate::new(l.max_accept_rate_per_ip, l.accept_burst_per_ip));
+        self.max_conns_per_ip = u32::try_from(l.max_connections_per_ip).unwrap_or(u32::MAX);
+        self.overall = (l.max_accept_rate > 0).then(|| {
+            let rate = Rate::new(l.max_accept_rate, l.accept_burst);
+            let mut bucket = match self.overall {
+                Some((_, b)) => b,
+                None => Bucket::full(&rate, now_us),
+            };
+            bucket.clamp(&rate);
+            (rate, bucket)
+        });
+        let max_entries = l.max_connections.saturating_add(SPARE_ENTRIES);
+        match &self.table {
+            Some(table) => {
+                let mut t = lock(table);
+                t.max_entries = max_entries;
+                let rate = self.per_ip.unwrap_or(Rate::new(1, 1));
+                for e in t.entries.values_mut() {
+                    e.bucket.clamp(&rate);
+                }
+            }
+            None if self.per_ip.is_some() || self.max_conns_per_ip > 0 => {
+                self.table = Some(Arc::new(Mutex::new(Table {
+                    entries: HashMap::new(),
+                    max_entries,
+                    last_sweep_us: 0,
+                })));
+            }
+            None => {}
+        }
+    }
+
     /// Decides on a connection from `ip`, accepted now.
     pub(crate) fn admit(&mut self, ip: IpAddr) -> Result<Admitted, Refusal> {
         if self.table.is_none() && self.overall.is_none() {
@@ -264,6 +308,46 @@ mod tests {
         assert_eq!(g.admit_at(a, 0).unwrap_err(), Refusal::RatePerIp);
         assert!(g.admit_at(ip("10.0.0.2"), 0).is_ok());
         assert!(g.admit_at(a, S / 10).is_ok(), "one token after 100 ms");
+        drop(held);
+    }
+
+    /// issue #10 item 6: a reload lowers the per-address connection limit and rate in place:
+    /// connections admitted before still count (and are given back when they end), a bucket is
+    /// cut down to the new burst, and the overall rate turned on applies at once.
+    #[test]
+    fn set_limits_keeps_per_address_counts() {
+        let mut g = AcceptGate::new(&limits(|l| {
+            l.max_connections_per_ip = 10;
+            l.max_accept_rate_per_ip = 100;
+            l.accept_burst_per_ip = 100;
+        }));
+        let a = ip("10.0.0.1");
+        let mut held: Vec<_> = (0..3).map(|_| g.admit_at(a, 0).unwrap()).collect();
+        g.set_limits_at(
+            &limits(|l| {
+                l.max_connections_per_ip = 3;
+                l.max_accept_rate_per_ip = 1;
+                l.accept_burst_per_ip = 2;
+            }),
+            0,
+        );
+        assert_eq!(g.admit_at(a, 0).unwrap_err(), Refusal::ConnectionsPerIp);
+        held.pop();
+        held.push(g.admit_at(a, 0).expect("a count given back is free again"));
+        held.clear();
+        // The bucket held 96 tokens, cut to the new burst of 2: one is left, then refused.
+        held.push(g.admit_at(a, 0).unwrap());
+        assert_eq!(g.admit_at(a, 0).unwrap_err(), Refusal::RatePerIp);
+        // The overall rate turned on applies at once.
+        g.set_limits_at(
+            &limits(|l| {
+                l.max_accept_rate = 1;
+                l.accept_burst = 1;
+            }),
+            0,
+        );
+        held.push(g.admit_at(ip("10.0.0.2"), 0).unwrap());
+        assert_eq!(g.admit_at(ip("10.0.0.3"), 0).unwrap_err(), Refusal::Rate);
         drop(held);
     }
 

@@ -53,6 +53,11 @@ impl Bucket {
         }
     }
 
+    /// Holds at most `rate`'s capacity (after a reload lowered it).
+    pub(crate) fn clamp(&mut self, rate: &Rate) {
+        self.tokens = self.tokens.min(rate.capacity);
+    }
+
     /// Admission: takes one token if the bucket has one now.
     pub(crate) fn try_take(&mut self, rate: &Rate, now_us: u64) -> bool {
         self.refill(rate, now_us);

@@ -10,8 +10,9 @@ mod bucket;
 pub(crate) mod log_fold;
 pub(crate) mod publish;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
 use tracing::info;
 
@@ -23,6 +24,9 @@ use publish::PublishRate;
 /// What every connection task needs of these limits (held in `session::ConnContext`).
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
+    /// `max_packet_size`, `connect_timeout_ms` and `max_keepalive_s`: read while a connection
+    /// starts (never per message), replaced by a reload.
+    pub(crate) bounds: ConnBounds,
     /// Connection log lines, folded above `max_conn_log_lines_per_s`.
     pub(crate) log: LogFold,
     /// `max_publish_rate` and `max_publish_bytes_rate`, copied into each new connection's
@@ -35,6 +39,7 @@ pub(crate) struct ConnLimits {
 impl ConnLimits {
     pub(crate) fn new(l: &LimitsConfig) -> ConnLimits {
         ConnLimits {
+            bounds: ConnBounds::new(l),
             log: LogFold::new(l.max_conn_log_lines_per_s),
             publish: RwLock::new(PublishRate::new(l)),
             refused: Default::default(),
@@ -49,9 +54,10 @@ impl ConnLimits {
             .limiter()
     }
 
-    /// A reload: connections accepted from now on get these publish rates (connected clients
-    /// keep theirs), and connection log lines fold at the new `max_conn_log_lines_per_s`.
+    /// A reload: connections accepted from now on get these publish rates and bounds (connected
+    /// clients keep theirs), and connection log lines fold at the new `max_conn_log_lines_per_s`.
     pub(crate) fn apply(&self, l: &LimitsConfig) {
+        self.bounds.apply(l);
         *self.publish.write().unwrap_or_else(PoisonError::into_inner) = PublishRate::new(l);
         self.log.set_threshold(l.max_conn_log_lines_per_s);
     }
@@ -74,5 +80,50 @@ impl ConnLimits {
                 "connections refused at accept, per limit"
             );
         }
+    }
+}
+
+/// The `[limits]` a connection reads while it starts (its handshake and CONNECT): relaxed
+/// atomics, so a reload changes them for connections that start afterwards without a lock, and
+/// nothing on the per-message path reads them (a connection copies `max_packet_size` into its
+/// reader once).
+#[derive(Debug)]
+pub(crate) struct ConnBounds {
+    max_packet_size: AtomicUsize,
+    connect_timeout_ms: AtomicU64,
+    max_keepalive_s: AtomicU16,
+}
+
+impl ConnBounds {
+    pub(crate) fn new(l: &LimitsConfig) -> ConnBounds {
+        ConnBounds {
+            max_packet_size: AtomicUsize::new(l.max_packet_size),
+            connect_timeout_ms: AtomicU64::new(l.connect_timeout_ms),
+            max_keepalive_s: AtomicU16::new(l.max_keepalive_s),
+        }
+    }
+
+    pub(crate) fn apply(&self, l: &LimitsConfig) {
+        self.max_packet_size
+            .store(l.max_packet_size, Ordering::Relaxed);
+        self.connect_timeout_ms
+            .store(l.connect_timeout_ms, Ordering::Relaxed);
+        self.max_keepalive_s
+            .store(l.max_keepalive_s, Ordering::Relaxed);
+    }
+
+    /// `limits.max_packet_size`.
+    pub(crate) fn max_packet_size(&self) -> usize {
+        self.max_packet_size.load(Ordering::Relaxed)
+    }
+
+    /// `limits.connect_timeout_ms`.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// `limits.max_keepalive_s`: the keep-alive cap in seconds (65535 = none).
+    pub(crate) fn max_keepalive_s(&self) -> u16 {
+        self.max_keepalive_s.load(Ordering::Relaxed)
     }
 }

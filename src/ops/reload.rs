@@ -41,6 +41,30 @@ pub(crate) const RELOADABLE: &[(&str, Take)] = &[
     ("limits.max_conn_log_lines_per_s", |to, from| {
         to.limits.max_conn_log_lines_per_s = from.limits.max_conn_log_lines_per_s
     }),
+    ("limits.max_packet_size", |to, from| {
+        to.limits.max_packet_size = from.limits.max_packet_size
+    }),
+    ("limits.connect_timeout_ms", |to, from| {
+        to.limits.connect_timeout_ms = from.limits.connect_timeout_ms
+    }),
+    ("limits.max_keepalive_s", |to, from| {
+        to.limits.max_keepalive_s = from.limits.max_keepalive_s
+    }),
+    ("limits.max_connections_per_ip", |to, from| {
+        to.limits.max_connections_per_ip = from.limits.max_connections_per_ip
+    }),
+    ("limits.max_accept_rate_per_ip", |to, from| {
+        to.limits.max_accept_rate_per_ip = from.limits.max_accept_rate_per_ip
+    }),
+    ("limits.accept_burst_per_ip", |to, from| {
+        to.limits.accept_burst_per_ip = from.limits.accept_burst_per_ip
+    }),
+    ("limits.max_accept_rate", |to, from| {
+        to.limits.max_accept_rate = from.limits.max_accept_rate
+    }),
+    ("limits.accept_burst", |to, from| {
+        to.limits.accept_burst = from.limits.accept_burst
+    }),
     ("auth.allow_anonymous", |to, from| {
         to.auth.allow_anonymous = from.auth.allow_anonymous
     }),
@@ -206,6 +230,7 @@ impl Reloader {
         // Swap: none of these can fail.
         self.ctx.authorizer.replace(auth);
         self.ctx.limits.apply(&next.limits);
+        self.admission.set_accept_limits(&next.limits);
         if next.limits.max_connections != self.running.limits.max_connections {
             self.admission
                 .set_max_connections(next.limits.max_connections, &self.runtime);
@@ -293,7 +318,9 @@ mod tests {
     fn reloadable_keys_exist_and_are_taken_over() {
         let text = "[log]\nlevel = \"debug\"\n\
              [limits]\nmax_connections = 7\nmax_publish_rate = 7\nmax_publish_bytes_rate = 7\n\
-             max_conn_log_lines_per_s = 7\n\
+             max_conn_log_lines_per_s = 7\nmax_packet_size = 7\nconnect_timeout_ms = 7\n\
+             max_keepalive_s = 7\nmax_connections_per_ip = 7\nmax_accept_rate_per_ip = 7\n\
+             accept_burst_per_ip = 7\nmax_accept_rate = 7\naccept_burst = 7\n\
              [auth]\nallow_anonymous = true\npassword_file = \"p\"\npassword_format = \"plaintext\"\n\
              acl_file = \"a\"\n";
         let new = Config::parse(text, std::path::Path::new("x")).expect("schema");

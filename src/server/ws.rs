@@ -32,7 +32,7 @@ pub(super) async fn serve(
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
-    let deadline = Instant::now() + ctx.connect_timeout;
+    let deadline = Instant::now() + ctx.limits.bounds.connect_timeout();
     // Boxed, like the TLS handshake: its state (and its span) is freed before the session
     // loop runs, so an idle WebSocket connection keeps only what a TCP one keeps, plus `Ws`.
     let upgraded = Box::pin(upgrade(
@@ -72,7 +72,7 @@ async fn upgrade(
     let log = &ctx.limits.log;
     let request = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = timeout_at(deadline, acceptor.read_request(stream, peer)).instrument(hs_span.clone()) => r,
+        r = timeout_at(deadline, acceptor.read_request(stream, peer, ctx.limits.bounds.max_packet_size())).instrument(hs_span.clone()) => r,
     };
     let upgrade = match request {
         Ok(Ok(upgrade)) => upgrade,

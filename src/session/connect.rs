@@ -46,7 +46,7 @@ pub(super) async fn handshake<T: Transport>(
     shutdown: CancellationToken,
 ) -> Option<Connection<T>> {
     let (ctx, shutdown) = (&ctx, &shutdown);
-    let mut io = Io::new(transport, ctx.max_packet_size);
+    let mut io = Io::new(transport, ctx.limits.bounds.max_packet_size());
     let first = tokio::select! {
         _ = shutdown.cancelled() => return None,
         r = timeout_at(deadline, io.read_packet()) => r,
@@ -181,9 +181,13 @@ async fn accept_connect<T: Transport>(
         None => {
             // [MQTT-3.2.2-4, -5] a refused client gets its code; nothing else is processed, no
             // will.
-            let login =
-                ctx.authorizer
-                    .login(Some(peer.ip()), &c, ctx.connect_timeout, shutdown, log);
+            let login = ctx.authorizer.login(
+                Some(peer.ip()),
+                &c,
+                ctx.limits.bounds.connect_timeout(),
+                shutdown,
+                log,
+            );
             if let Err(refusal) = login.await {
                 if let Some(r) = refusal {
                     refuse(
@@ -204,7 +208,7 @@ async fn accept_connect<T: Transport>(
     let will = c
         .will
         .filter(|w| acl.as_ref().is_none_or(|a| a.may_publish_will(&w.topic)));
-    let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
+    let keep_alive = effective_keep_alive(c.keep_alive, ctx.limits.bounds.max_keepalive_s());
     let store = ctx.broker.store();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
     // Issue #11 item 3: a Mosquitto bridge (level 0x83/0x84) gets no echo, RETAIN as published.
@@ -229,7 +233,7 @@ async fn accept_connect<T: Transport>(
     if store.ack_policy() == AckPolicy::Durable && (attached.stored || !c.clean_session) {
         let after = store.last_ticket();
         let durable = tokio::select! {
-            r = timeout(ctx.connect_timeout, store.durable(after)) => r.is_ok(),
+            r = timeout(ctx.limits.bounds.connect_timeout(), store.durable(after)) => r.is_ok(),
             _ = shutdown.cancelled() => false,
         };
         if !durable {

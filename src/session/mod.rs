@@ -43,11 +43,8 @@ pub(crate) struct ConnContext {
     pub(crate) broker: Broker,
     /// Credentials, the refusal delay and each client's ACL.
     pub(crate) authorizer: Authorizer,
-    pub(crate) max_packet_size: usize,
-    pub(crate) connect_timeout: Duration,
-    /// Keep-alive cap in seconds (65535 = none).
-    pub(crate) max_keepalive_s: u16,
-    /// Limits under attack shared by the connections (issue #9 item 5).
+    /// Limits under attack shared by the connections (issue #9 item 5), and the bounds a
+    /// connection reads while it starts (`limits.bounds`, reloadable).
     pub(crate) limits: crate::limits::ConnLimits,
     /// Cancelled first at shutdown: every connection publishes its will while all of them are
     /// still connected, so live subscribers receive the wills before the connections close.

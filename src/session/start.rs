@@ -27,7 +27,7 @@ pub(crate) fn run_connection(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + ctx.connect_timeout;
+    let deadline = Instant::now() + ctx.limits.bounds.connect_timeout();
     serve(Tcp(stream), peer, None, deadline, ctx, shutdown)
 }
 
@@ -41,7 +41,7 @@ pub(crate) async fn run_tls_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let deadline = Instant::now() + ctx.connect_timeout;
+    let deadline = Instant::now() + ctx.limits.bounds.connect_timeout();
     // Boxed like the CONNECT phase: its state is freed before the session loop runs.
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => return,

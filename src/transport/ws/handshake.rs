@@ -55,8 +55,6 @@ pub(crate) struct WsAcceptor {
 struct Settings {
     path: String,
     trusted: Vec<IpNet>,
-    /// The largest frame or message payload: `limits.max_packet_size` + 5 (a fixed header).
-    max_len: u64,
 }
 
 /// A valid upgrade request, not answered yet: the caller admits the client's address first.
@@ -72,7 +70,7 @@ pub(crate) struct Upgrade {
 }
 
 impl WsAcceptor {
-    pub(crate) fn new(config: &WebsocketConfig, max_packet_size: usize) -> WsAcceptor {
+    pub(crate) fn new(config: &WebsocketConfig) -> WsAcceptor {
         WsAcceptor {
             inner: Arc::new(Settings {
                 path: config.path.clone(),
@@ -82,7 +80,6 @@ impl WsAcceptor {
                     .iter()
                     .filter_map(|p| IpNet::parse(p))
                     .collect(),
-                max_len: max_packet_size as u64 + 5,
             }),
         }
     }
@@ -93,11 +90,13 @@ impl WsAcceptor {
     }
 
     /// Reads and checks the upgrade request of a connection from `peer` (the caller bounds it
-    /// in time). A refused request has been answered with its HTTP status.
+    /// in time). A refused request has been answered with its HTTP status. Frames and messages
+    /// are bounded by `max_packet_size` + 5 (a fixed header), as read when the connection starts.
     pub(crate) async fn read_request(
         &self,
         mut tcp: TcpStream,
         peer: SocketAddr,
+        max_packet_size: usize,
     ) -> Result<Upgrade, HandshakeError> {
         let mut buf = vec![0u8; MAX_REQUEST];
         let mut len = 0;
@@ -132,7 +131,7 @@ impl WsAcceptor {
                 accept_key: c.accept_key,
                 protocol: c.protocol,
                 carry: buf[head_end..len].to_vec(),
-                max_len: self.inner.max_len,
+                max_len: max_packet_size as u64 + 5,
             }),
             Err((status, reason)) => refuse(tcp, status, reason).await,
         }
@@ -348,7 +347,7 @@ mod tests {
             trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
             ..WebsocketConfig::default()
         };
-        WsAcceptor::new(&config, 1000)
+        WsAcceptor::new(&config)
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
