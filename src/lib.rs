@@ -349,6 +349,7 @@ pub async fn run(
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);
+    let (sys_interval, sys_interval_rx) = tokio::sync::watch::channel(config.sys.interval_s);
     if let Some((path, log_level)) = reload.source.clone() {
         let acceptor = tls_listener.as_ref().map(|(_, _, a)| a.clone());
         let reloader = ops::reload::Reloader::new(
@@ -358,6 +359,7 @@ pub async fn run(
             admission.clone(),
             acceptor,
             log_level,
+            sys_interval,
         );
         spawn_config_reloader(reloader, reload.subscribe(), &token, &tracker);
     }
@@ -407,14 +409,14 @@ pub async fn run(
             bridges: bridges.clone(),
         });
     }
-    if config.sys.interval_s > 0 {
+    {
+        // Always running (idle while `[sys] interval_s` is 0): a reload may turn it on.
         let src = admin::Sources {
             broker: broker.clone(),
             metrics: metrics.clone(),
             bridges: bridges.clone(),
         };
-        let every = Duration::from_secs(config.sys.interval_s);
-        tracker.spawn(admin::sys::run(src, every, closing.clone()));
+        tracker.spawn(admin::sys::run(src, sys_interval_rx, closing.clone()));
     }
     ready(Listening {
         mqtt: local,

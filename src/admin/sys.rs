@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -131,33 +132,56 @@ impl SysTree {
     }
 }
 
-/// Publishes the tree every `interval` until `token` is cancelled (the first one at once).
-pub(crate) async fn run(src: Sources, interval: Duration, token: CancellationToken) {
+/// Publishes the tree every `interval_s` seconds until `token` is cancelled (the first one at
+/// once, and at once again when a reload changes the interval); 0 publishes nothing until a
+/// reload sets an interval (the values published last stay retained).
+pub(crate) async fn run(
+    src: Sources,
+    mut interval_s: watch::Receiver<u64>,
+    token: CancellationToken,
+) {
     let mut tree = SysTree::default();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether a reload can still change the interval (false once the reloader is gone).
+    let mut reloadable = true;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tick.tick() => {}
+        let secs = *interval_s.borrow_and_update();
+        let mut tick = (secs > 0).then(|| {
+            let mut t = tokio::time::interval(Duration::from_secs(secs));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                changed = interval_s.changed(), if reloadable => match changed {
+                    Ok(()) => break,
+                    Err(_) => { reloadable = false; continue; }
+                },
+                _ = async { tick.as_mut()?.tick().await; Some(()) }, if tick.is_some() => {}
+            }
+            publish(&src, &mut tree);
         }
-        let (snap, _) = src.snapshot(0);
-        let topics = tree.topics(&snap, Instant::now());
-        for (topic, payload) in topics {
-            let Ok(topic) = TopicName::parse(&topic) else {
-                debug!(%topic, "invalid $SYS topic skipped");
-                continue;
-            };
-            src.broker.publish(Arc::new(Message {
-                topic,
-                payload: Bytes::from(payload),
-                // Mosquitto publishes $SYS at QoS 2; each value is superseded an interval
-                // later, so brokerd publishes at QoS 0 (no in-flight state for a stale value).
-                qos: QoS::AtMostOnce,
-                retain: true,
-                origin: 0,
-            }));
-        }
+    }
+}
+
+/// Publishes the tree once, retained.
+fn publish(src: &Sources, tree: &mut SysTree) {
+    let (snap, _) = src.snapshot(0);
+    let topics = tree.topics(&snap, Instant::now());
+    for (topic, payload) in topics {
+        let Ok(topic) = TopicName::parse(&topic) else {
+            debug!(%topic, "invalid $SYS topic skipped");
+            continue;
+        };
+        src.broker.publish(Arc::new(Message {
+            topic,
+            payload: Bytes::from(payload),
+            // Mosquitto publishes $SYS at QoS 2; each value is superseded an interval
+            // later, so brokerd publishes at QoS 0 (no in-flight state for a stale value).
+            qos: QoS::AtMostOnce,
+            retain: true,
+            origin: 0,
+        }));
     }
 }
 

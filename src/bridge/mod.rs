@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::admin::bridges::BridgeFigures;
-use crate::broker::queue::{journal_age, QueueLimits};
+use crate::broker::queue::{journal_age, Bound, QueueLimits};
 use crate::broker::registry::Session;
 use crate::broker::Broker;
 use crate::config::BridgeConfig;
@@ -133,9 +133,9 @@ pub(crate) fn start(
         session.bridge.store(true, Ordering::Relaxed);
         let base = broker.limits();
         let _ = session.limits.set(Box::new(QueueLimits {
-            max_inflight: usize::from(cfg.max_inflight),
-            max_queued_messages: cfg.max_journal_messages,
-            max_queued_bytes: cfg.max_journal_bytes,
+            max_inflight: Bound::new(usize::from(cfg.max_inflight)),
+            max_queued_messages: Bound::new(cfg.max_journal_messages),
+            max_queued_bytes: Bound::new(cfg.max_journal_bytes),
             max_queued_bytes_total: base.max_queued_bytes_total,
             budget: base.budget.clone(),
         }));

@@ -24,7 +24,7 @@ use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
 use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
 use crate::topic::{ClientId, TopicFilter, TopicName};
 use budget::QueueBudget;
-use queue::{Delivery, InflightState, QueueFull, QueueLimits};
+use queue::{Bound, Delivery, InflightState, QueueFull, QueueLimits};
 use registry::{ConnCtl, ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
 use trie::SubscriptionTrie;
@@ -94,9 +94,9 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 limits: QueueLimits {
-                    max_inflight: usize::from(config.limits.max_inflight),
-                    max_queued_messages: config.limits.max_queued_messages,
-                    max_queued_bytes: config.limits.max_queued_bytes,
+                    max_inflight: Bound::new(usize::from(config.limits.max_inflight)),
+                    max_queued_messages: Bound::new(config.limits.max_queued_messages),
+                    max_queued_bytes: Bound::new(config.limits.max_queued_bytes),
                     max_queued_bytes_total: config.limits.max_queued_bytes_total,
                     budget: (config.limits.max_queued_bytes_total > 0)
                         .then(|| Arc::new(QueueBudget::new(config.limits.max_queued_bytes_total))),
@@ -115,6 +115,22 @@ impl Broker {
 
     pub(crate) fn limits(&self) -> &QueueLimits {
         &self.inner.limits
+    }
+
+    /// A reload: every session's queue bounds (a bridge journal keeps its own) from the next
+    /// message on. Lowered, nothing already queued or in flight is dropped or reordered: the
+    /// queue takes no more until it is below the new bound, the window sends no more until
+    /// acknowledgements bring it below.
+    pub(crate) fn set_queue_bounds(
+        &self,
+        max_inflight: u16,
+        max_queued_messages: usize,
+        max_queued_bytes: usize,
+    ) {
+        let l = &self.inner.limits;
+        l.max_inflight.set(usize::from(max_inflight));
+        l.max_queued_messages.set(max_queued_messages);
+        l.max_queued_bytes.set(max_queued_bytes);
     }
 
     /// One summary line of counters, for the log at shutdown.

@@ -2,9 +2,11 @@
 //! L2: pure data (no I/O, no locks); the owning `Session` guards it with its mutex.
 //! Invariants: at most `max_inflight` QoS>0 messages are unacknowledged; packet ids in flight are
 //! unique ([MQTT-2.3.1-2]); the queue never exceeds its bounds (what overflows is refused);
-//! messages leave in the order they were queued ([MQTT-4.6.0-5]).
+//! messages leave in the order they were queued ([MQTT-4.6.0-5]). A bound lowered by a reload
+//! (`Bound`) may leave a queue or window above it: nothing is dropped, it only takes no more.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::budget::QueueBudget;
@@ -66,13 +68,40 @@ pub(crate) struct InflightEntry {
     pub(crate) state: InflightState,
 }
 
+/// One bound of a queue that a reload may change (`Broker::set_queue_bounds`): a relaxed atomic
+/// read where the plain value was, so the per-message path takes no lock. A changed bound
+/// applies to the next message offered or sent; what is already queued or in flight stays.
+#[derive(Debug, Default)]
+pub(crate) struct Bound(AtomicUsize);
+
+impl Bound {
+    pub(crate) const fn new(v: usize) -> Bound {
+        Bound(AtomicUsize::new(v))
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, v: usize) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+impl Clone for Bound {
+    fn clone(&self) -> Bound {
+        Bound::new(self.get())
+    }
+}
+
 /// Bounds of one session's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueLimits {
-    pub(crate) max_inflight: usize,
-    pub(crate) max_queued_messages: usize,
+    pub(crate) max_inflight: Bound,
+    pub(crate) max_queued_messages: Bound,
     /// 0 = no byte bound.
-    pub(crate) max_queued_bytes: usize,
+    pub(crate) max_queued_bytes: Bound,
     /// `limits.max_queued_bytes_total` (0 = none), for drop warnings.
     pub(crate) max_queued_bytes_total: usize,
     /// The global budget every queue counts against, when `max_queued_bytes_total` is set.
@@ -117,8 +146,8 @@ impl QueueFull {
     /// The bound's value in `limits`.
     pub(crate) fn value(self, limits: &QueueLimits) -> usize {
         match self {
-            QueueFull::Messages => limits.max_queued_messages,
-            QueueFull::Bytes => limits.max_queued_bytes,
+            QueueFull::Messages => limits.max_queued_messages.get(),
+            QueueFull::Bytes => limits.max_queued_bytes.get(),
             QueueFull::FairShare | QueueFull::TotalBytes => limits.max_queued_bytes_total,
         }
     }
@@ -167,13 +196,11 @@ impl Outbound {
     ) -> Result<bool, QueueFull> {
         let len = d.msg.payload.len();
         if !force {
-            if self.queue.len() >= limits.max_queued_messages {
+            if self.queue.len() >= limits.max_queued_messages.get() {
                 return Err(QueueFull::Messages);
             }
-            if limits.max_queued_bytes != 0
-                && self.queued_bytes + len > limits.max_queued_bytes
-                && !self.queue.is_empty()
-            {
+            let max_bytes = limits.max_queued_bytes.get();
+            if max_bytes != 0 && self.queued_bytes + len > max_bytes && !self.queue.is_empty() {
                 return Err(QueueFull::Bytes);
             }
             if let Some(b) = &limits.budget {
@@ -197,7 +224,7 @@ impl Outbound {
         let pkid = if front.qos == QoS::AtMostOnce {
             0
         } else {
-            if self.inflight.len() >= limits.max_inflight {
+            if self.inflight.len() >= limits.max_inflight.get() {
                 return None;
             }
             self.alloc_pkid()?
@@ -298,7 +325,7 @@ impl Outbound {
     pub(crate) fn ready(&self, limits: &QueueLimits) -> bool {
         match self.queue.front() {
             None => false,
-            Some(d) => d.qos == QoS::AtMostOnce || self.inflight.len() < limits.max_inflight,
+            Some(d) => d.qos == QoS::AtMostOnce || self.inflight.len() < limits.max_inflight.get(),
         }
     }
 
@@ -392,13 +419,17 @@ mod tests {
     use crate::message::Message;
     use crate::topic::TopicName;
 
-    const LIMITS: QueueLimits = QueueLimits {
-        max_inflight: 2,
-        max_queued_messages: 3,
-        max_queued_bytes: 0,
-        max_queued_bytes_total: 0,
-        budget: None,
-    };
+    static LIMITS: QueueLimits = base();
+
+    const fn base() -> QueueLimits {
+        QueueLimits {
+            max_inflight: Bound::new(2),
+            max_queued_messages: Bound::new(3),
+            max_queued_bytes: Bound::new(0),
+            max_queued_bytes_total: 0,
+            budget: None,
+        }
+    }
 
     fn d(qos: QoS, n: u8) -> Delivery {
         Delivery {
@@ -423,9 +454,9 @@ mod tests {
     #[test]
     fn retain_deliveries_drops_from_the_queue_only() {
         let limits = QueueLimits {
-            max_inflight: 2,
-            max_queued_messages: 10,
-            max_queued_bytes: 0,
+            max_inflight: Bound::new(2),
+            max_queued_messages: Bound::new(10),
+            max_queued_bytes: Bound::new(0),
             max_queued_bytes_total: 0,
             budget: None,
         };
@@ -455,6 +486,44 @@ mod tests {
         assert_eq!(o.on_puback(2), AckOutcome::Completed { seq: 20 });
     }
 
+    /// issue #10 item 6: bounds lowered by a reload keep what is queued and in flight, in
+    /// order; the queue takes no more until it is below the new bound, and the window sends no
+    /// more until acknowledgements bring it below.
+    #[test]
+    fn lowered_bounds_keep_what_is_held() {
+        let limits = QueueLimits {
+            max_inflight: Bound::new(3),
+            max_queued_messages: Bound::new(10),
+            ..base()
+        };
+        let mut o = Outbound::default();
+        for n in 1..=6 {
+            o.push(d(QoS::AtLeastOnce, n), &limits, false).unwrap();
+        }
+        for _ in 0..3 {
+            o.next(&limits).unwrap();
+        }
+        limits.max_inflight.set(1);
+        limits.max_queued_messages.set(2);
+        assert_eq!((o.inflight_len(), o.queued_len()), (3, 3));
+        assert_eq!(
+            o.push(d(QoS::AtLeastOnce, 7), &limits, false),
+            Err(QueueFull::Messages)
+        );
+        assert!(!o.ready(&limits) && o.next(&limits).is_none());
+        assert!(matches!(o.on_puback(1), AckOutcome::Completed { .. }));
+        assert!(matches!(o.on_puback(2), AckOutcome::Completed { .. }));
+        assert!(o.next(&limits).is_none(), "2 in flight over a window of 1");
+        assert!(matches!(o.on_puback(3), AckOutcome::Completed { .. }));
+        let mut sent = Vec::new();
+        while let Some(next) = o.next(&limits) {
+            sent.push(next.delivery.msg.payload[0]);
+            assert_eq!(o.on_puback(next.pkid), AckOutcome::Completed { seq: 0 });
+        }
+        assert_eq!(sent, [4, 5, 6], "every message kept, in order");
+        assert!(o.push(d(QoS::AtLeastOnce, 8), &limits, false).is_ok());
+    }
+
     /// The queue refuses what exceeds max_queued_messages; `force` bypasses it.
     #[test]
     fn queue_is_bounded() {
@@ -474,8 +543,8 @@ mod tests {
     #[test]
     fn byte_bound() {
         let limits = QueueLimits {
-            max_queued_bytes: 2,
-            ..LIMITS
+            max_queued_bytes: Bound::new(2),
+            ..base()
         };
         let mut o = Outbound::default();
         assert!(o.push(d(QoS::AtMostOnce, 1), &limits, false).is_ok());
@@ -510,8 +579,8 @@ mod tests {
             ..Outbound::default()
         };
         let limits = QueueLimits {
-            max_inflight: 10,
-            ..LIMITS
+            max_inflight: Bound::new(10),
+            ..base()
         };
         o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
         o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
@@ -555,8 +624,8 @@ mod tests {
     #[test]
     fn qos0_passes_full_window() {
         let limits = QueueLimits {
-            max_inflight: 1,
-            ..LIMITS
+            max_inflight: Bound::new(1),
+            ..base()
         };
         let mut o = Outbound::default();
         o.push(d(QoS::AtLeastOnce, 0), &limits, false).unwrap();
@@ -573,9 +642,9 @@ mod tests {
     fn budget_counts_queued_bytes_and_gets_them_back() {
         let budget = Arc::new(QueueBudget::new(8));
         let limits = QueueLimits {
-            max_queued_messages: 100,
+            max_queued_messages: Bound::new(100),
             budget: Some(budget.clone()),
-            ..LIMITS
+            ..base()
         };
         let mut a = Outbound::default();
         let mut b = Outbound::default();

@@ -284,6 +284,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::Bound;
     use bytes::Bytes;
 
     use super::*;
@@ -291,9 +292,9 @@ mod tests {
 
     fn limits() -> QueueLimits {
         QueueLimits {
-            max_inflight: 10,
-            max_queued_messages: 10,
-            max_queued_bytes: 0,
+            max_inflight: Bound::new(10),
+            max_queued_messages: Bound::new(10),
+            max_queued_bytes: Bound::new(0),
             max_queued_bytes_total: 0,
             budget: None,
         }

@@ -41,6 +41,18 @@ pub(crate) const RELOADABLE: &[(&str, Take)] = &[
     ("limits.max_conn_log_lines_per_s", |to, from| {
         to.limits.max_conn_log_lines_per_s = from.limits.max_conn_log_lines_per_s
     }),
+    ("limits.max_inflight", |to, from| {
+        to.limits.max_inflight = from.limits.max_inflight
+    }),
+    ("limits.max_queued_messages", |to, from| {
+        to.limits.max_queued_messages = from.limits.max_queued_messages
+    }),
+    ("limits.max_queued_bytes", |to, from| {
+        to.limits.max_queued_bytes = from.limits.max_queued_bytes
+    }),
+    ("sys.interval_s", |to, from| {
+        to.sys.interval_s = from.sys.interval_s
+    }),
     ("limits.max_packet_size", |to, from| {
         to.limits.max_packet_size = from.limits.max_packet_size
     }),
@@ -153,6 +165,8 @@ pub(crate) struct Reloader {
     log_level: LogLevelHook,
     /// Where a lowered `max_connections` waits for connections to end.
     runtime: tokio::runtime::Handle,
+    /// `[sys] interval_s`, read by the `$SYS` publisher.
+    sys_interval: tokio::sync::watch::Sender<u64>,
 }
 
 impl Reloader {
@@ -164,6 +178,7 @@ impl Reloader {
         admission: Admission,
         tls: Option<TlsAcceptor>,
         log_level: LogLevelHook,
+        sys_interval: tokio::sync::watch::Sender<u64>,
     ) -> Reloader {
         // Unreadable now (it was read a moment ago): compare against the defaults' keys
         // overlaid by nothing; the first reload then reports more keys, never fewer.
@@ -180,6 +195,7 @@ impl Reloader {
             tls,
             log_level,
             runtime: tokio::runtime::Handle::current(),
+            sys_interval,
         }
     }
 
@@ -231,10 +247,20 @@ impl Reloader {
         self.ctx.authorizer.replace(auth);
         self.ctx.limits.apply(&next.limits);
         self.admission.set_accept_limits(&next.limits);
+        self.ctx.broker.set_queue_bounds(
+            next.limits.max_inflight,
+            next.limits.max_queued_messages,
+            next.limits.max_queued_bytes,
+        );
         if next.limits.max_connections != self.running.limits.max_connections {
             self.admission
                 .set_max_connections(next.limits.max_connections, &self.runtime);
         }
+        self.sys_interval.send_if_modified(|secs| {
+            let changed = *secs != next.sys.interval_s;
+            *secs = next.sys.interval_s;
+            changed
+        });
         if let (Some(acceptor), Some(prepared)) = (&self.tls, tls) {
             acceptor.install(prepared, "reload request");
         }
@@ -269,7 +295,7 @@ impl Reloader {
         info!(
             file = %self.path.display(),
             %changed,
-            "config reloaded ({reread} re-read; changed keys applied to new connections)"
+            "config reloaded ({reread} re-read; each changed key applies as README \"Reload\" says)"
         );
         Ok(())
     }
@@ -291,7 +317,7 @@ mod tests {
         assert_eq!(changes(&keys(""), &base), Changes::default());
         let new = keys(
             "[log]\nlevel = \"debug\"\n[listener]\nbind = \"0.0.0.0:1\"\n\
-             [limits]\nmax_publish_rate = 5\nmax_inflight = 3\n[auth]\nacl_file = \"a\"\n\
+             [limits]\nmax_publish_rate = 5\nmax_queued_bytes_total = 3\n[auth]\nacl_file = \"a\"\n\
              [somefuture]\nkey = 1\n",
         );
         let c = changes(&base, &new);
@@ -301,7 +327,11 @@ mod tests {
         );
         assert_eq!(
             c.need_restart,
-            ["limits.max_inflight", "listener.bind", "somefuture.key"]
+            [
+                "limits.max_queued_bytes_total",
+                "listener.bind",
+                "somefuture.key"
+            ]
         );
         // A removed key is a change too (back to its default, or absent).
         let c = changes(&new, &base);
@@ -321,6 +351,8 @@ mod tests {
              max_conn_log_lines_per_s = 7\nmax_packet_size = 7\nconnect_timeout_ms = 7\n\
              max_keepalive_s = 7\nmax_connections_per_ip = 7\nmax_accept_rate_per_ip = 7\n\
              accept_burst_per_ip = 7\nmax_accept_rate = 7\naccept_burst = 7\n\
+             max_inflight = 7\nmax_queued_messages = 7\nmax_queued_bytes = 7\n\
+             [sys]\ninterval_s = 7\n\
              [auth]\nallow_anonymous = true\npassword_file = \"p\"\npassword_format = \"plaintext\"\n\
              acl_file = \"a\"\n";
         let new = Config::parse(text, std::path::Path::new("x")).expect("schema");
