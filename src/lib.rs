@@ -20,7 +20,7 @@
 //! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
 //! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` (each delivery stamped on entry, for the oldest message's age) |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
-//! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
+//! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, TLS, log level, `[limits]` but the global queue budget, `trusted_proxies`, the `$SYS` interval); report restart-only keys |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
@@ -124,7 +124,7 @@ pub struct Listening {
 
 /// Asks a running broker to reload what it can without a restart. Clone it into a signal
 /// handler (SIGHUP) and call `reload`. Made `with_config_file`, a reload re-reads that file and
-/// applies what can change while running (`ops::reload::RELOADABLE`: the log level, some
+/// applies what can change while running (`ops::reload::RELOADABLE`: the log level, most
 /// limits, `[auth]` and the password and ACL files; and the TLS files); made with `new`, it
 /// reloads the TLS certificate, key and CA files only. A request made before `run` is ready
 /// is not kept.
@@ -278,7 +278,11 @@ pub async fn run(
         let local = listener
             .local_addr()
             .map_err(|error| Error::Bind { addr, error })?;
-        Some((listener, local))
+        Some((
+            listener,
+            local,
+            transport::WsAcceptor::new(&config.websocket),
+        ))
     } else {
         None
     };
@@ -357,7 +361,7 @@ pub async fn run(
             config.clone(),
             ctx.clone(),
             admission.clone(),
-            acceptor,
+            (acceptor, ws_listener.as_ref().map(|(_, _, a)| a.clone())),
             log_level,
             sys_interval,
         );
@@ -385,9 +389,8 @@ pub async fn run(
         None => None,
     };
     let ws_local = match ws_listener {
-        Some((listener, addr)) => {
+        Some((listener, addr, acceptor)) => {
             info!(%addr, path = %config.websocket.path, "listening (websocket)");
-            let acceptor = transport::WsAcceptor::new(&config.websocket);
             let accept = server::accept_loop(
                 listener,
                 server::Kind::Ws(acceptor),

@@ -161,7 +161,13 @@ pub(crate) async fn accept_loop(
         };
         // A trusted proxy's WebSocket connections count against the address it forwards,
         // known after the handshake.
-        let deferred = matches!(&kind, Kind::Ws(ws) if ws.is_trusted(peer.ip()));
+        // One WebSocket connection decides with one snapshot of the listener's settings
+        // (a reload may change `trusted_proxies` in between).
+        let mut ws_now = match &kind {
+            Kind::Ws(ws) => Some(ws.snapshot()),
+            _ => None,
+        };
+        let deferred = ws_now.as_ref().is_some_and(|ws| ws.is_trusted(peer.ip()));
         let admitted = if deferred {
             None
         } else {
@@ -214,7 +220,8 @@ pub(crate) async fn accept_loop(
             Kind::Ws(acceptor) => {
                 // Not instrumented here: `ws::serve` logs under the client's address, which
                 // behind a trusted proxy is known after the handshake.
-                let (acceptor, admission) = (acceptor.clone(), admission.clone());
+                let acceptor = ws_now.take().unwrap_or_else(|| acceptor.snapshot());
+                let admission = admission.clone();
                 tracker.spawn(async move {
                     ws::serve(stream, peer, acceptor, admitted, admission, ctx, token).await;
                     drop(permit);

@@ -527,3 +527,49 @@ fn anonymous_rule_counts_the_websocket_bind() {
     let off = check("");
     assert!(off.contains("anonymous clients allowed"), "{off}");
 }
+
+/// issue #10 item 6: `[websocket] trusted_proxies` reloads: after SIGHUP adds 127.0.0.1, a new
+/// WebSocket connection's X-Forwarded-For is its client (the connect line shows it with the
+/// proxy), where before the reload it was ignored; the connection made before stays up.
+#[test]
+fn trusted_proxies_change_on_sighup() {
+    let ws_section = |proxies: &str| {
+        format!(
+            "[websocket]\nenabled = true\nbind = \"127.0.0.1:0\"\ntrusted_proxies = [{proxies}]\n"
+        )
+    };
+    let b = BrokerProc::start(&ws_section("\"10.0.0.0/8\""));
+    let addr = b.ws_addr.unwrap();
+    let xff = |ip: &str| format!("Sec-WebSocket-Protocol: mqtt\r\nX-Forwarded-For: {ip}\r\n");
+    let connect_line = |id: &str| {
+        let log = b.wait_log_lines(&["client connected", id], 1);
+        let line = log
+            .lines()
+            .find(|l| l.contains("client connected") && l.contains(id))
+            .map(str::to_owned);
+        line.unwrap_or_default()
+    };
+    let (mut before, _) = WsClient::open(addr, &xff("203.0.113.7"));
+    before.send(&RawConnect::new("before-reload").encode());
+    assert_eq!(before.packet(), Some(vec![0x20, 2, 0, 0]));
+    let line = connect_line("before-reload");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    std::fs::write(
+        &b.config_path,
+        format!(
+            "[listener]\nbind = \"127.0.0.1:0\"\n{}\n[http]\nbind = \"127.0.0.1:0\"\n",
+            ws_section("\"127.0.0.1\"")
+        ),
+    )
+    .unwrap();
+    b.signal("HUP");
+    let log = b.wait_log_lines(&["config reloaded"], 1);
+    assert!(log.contains("changed=websocket.trusted_proxies"), "{log}");
+    let (mut after, _) = WsClient::open(addr, &xff("203.0.113.7"));
+    after.send(&RawConnect::new("after-reload").encode());
+    assert_eq!(after.packet(), Some(vec![0x20, 2, 0, 0]));
+    let line = connect_line("after-reload");
+    assert!(line.contains("peer=203.0.113.7 proxy=127.0.0.1:"), "{line}");
+    before.send(&[0xC0, 0x00]);
+    assert_eq!(before.packet(), Some(vec![0xD0, 0x00]));
+}

@@ -1,7 +1,8 @@
 //! Live reload (SIGHUP): re-reads the configuration file, applies the keys that can change
 //! while running and reports, in one warn line, every other key that changed (kept as it was
-//! until a restart). L5: config (L0), auth (L0), the TLS acceptor (L1) and the connections'
-//! shared `ConnContext` (L3). Invariants: a file that does not parse or validate, a password or
+//! until a restart). L5: config (L0), auth (L0), the TLS and WebSocket acceptors (L1), the
+//! connections' shared `ConnContext` (L3) with the broker's queue bounds (L2), the accept
+//! limits (L4) and the `$SYS` interval. Invariants: a file that does not parse or validate, a password or
 //! ACL file that does not load, a certificate that does not build, or a log level that does not
 //! apply rejects the reload whole (logged at error) and the broker keeps everything it had;
 //! otherwise every new value is built before the first swap. Keys are compared generically
@@ -18,7 +19,7 @@ use crate::auth::{Anonymous, Auth};
 use crate::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::server::Admission;
 use crate::session::ConnContext;
-use crate::transport::TlsAcceptor;
+use crate::transport::{TlsAcceptor, WsAcceptor};
 
 /// Copies one key's value from the new configuration (second) into the running one (first).
 type Take = fn(&mut Config, &Config);
@@ -49,6 +50,11 @@ pub(crate) const RELOADABLE: &[(&str, Take)] = &[
     }),
     ("limits.max_queued_bytes", |to, from| {
         to.limits.max_queued_bytes = from.limits.max_queued_bytes
+    }),
+    ("websocket.trusted_proxies", |to, from| {
+        to.websocket
+            .trusted_proxies
+            .clone_from(&from.websocket.trusted_proxies)
     }),
     ("sys.interval_s", |to, from| {
         to.sys.interval_s = from.sys.interval_s
@@ -167,16 +173,19 @@ pub(crate) struct Reloader {
     runtime: tokio::runtime::Handle,
     /// `[sys] interval_s`, read by the `$SYS` publisher.
     sys_interval: tokio::sync::watch::Sender<u64>,
+    /// The WebSocket listener's settings (`trusted_proxies`), when it is enabled.
+    ws: Option<WsAcceptor>,
 }
 
 impl Reloader {
-    /// `running` was loaded from `path` at start-up. Call from within the runtime.
+    /// `running` was loaded from `path` at start-up; the TLS and WebSocket listeners' acceptors
+    /// when they are enabled. Call from within the runtime.
     pub(crate) fn new(
         path: PathBuf,
         running: Config,
         ctx: Arc<ConnContext>,
         admission: Admission,
-        tls: Option<TlsAcceptor>,
+        (tls, ws): (Option<TlsAcceptor>, Option<WsAcceptor>),
         log_level: LogLevelHook,
         sys_interval: tokio::sync::watch::Sender<u64>,
     ) -> Reloader {
@@ -196,6 +205,7 @@ impl Reloader {
             log_level,
             runtime: tokio::runtime::Handle::current(),
             sys_interval,
+            ws,
         }
     }
 
@@ -255,6 +265,11 @@ impl Reloader {
         if next.limits.max_connections != self.running.limits.max_connections {
             self.admission
                 .set_max_connections(next.limits.max_connections, &self.runtime);
+        }
+        if let Some(ws) = &self.ws {
+            if next.websocket.trusted_proxies != self.running.websocket.trusted_proxies {
+                ws.set_trusted_proxies(&next.websocket.trusted_proxies);
+            }
         }
         self.sys_interval.send_if_modified(|secs| {
             let changed = *secs != next.sys.interval_s;
@@ -352,7 +367,7 @@ mod tests {
              max_keepalive_s = 7\nmax_connections_per_ip = 7\nmax_accept_rate_per_ip = 7\n\
              accept_burst_per_ip = 7\nmax_accept_rate = 7\naccept_burst = 7\n\
              max_inflight = 7\nmax_queued_messages = 7\nmax_queued_bytes = 7\n\
-             [sys]\ninterval_s = 7\n\
+             [sys]\ninterval_s = 7\n[websocket]\ntrusted_proxies = [\"10.0.0.1\"]\n\
              [auth]\nallow_anonymous = true\npassword_file = \"p\"\npassword_format = \"plaintext\"\n\
              acl_file = \"a\"\n";
         let new = Config::parse(text, std::path::Path::new("x")).expect("schema");

@@ -6,7 +6,7 @@
 //! a client sends.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +49,10 @@ impl From<std::io::Error> for HandshakeError {
 /// The listener's settings, shared by its connections.
 #[derive(Clone)]
 pub(crate) struct WsAcceptor {
+    /// The settings this value decides with: one connection decides with one `snapshot`.
     inner: Arc<Settings>,
+    /// The listener's settings now, replaced by a reload (`set_trusted_proxies`).
+    current: Arc<RwLock<Arc<Settings>>>,
 }
 
 struct Settings {
@@ -69,19 +72,43 @@ pub(crate) struct Upgrade {
     max_len: u64,
 }
 
+/// `[websocket] trusted_proxies`; validate() refused entries that do not parse.
+fn trusted(proxies: &[String]) -> Vec<IpNet> {
+    proxies.iter().filter_map(|p| IpNet::parse(p)).collect()
+}
+
 impl WsAcceptor {
     pub(crate) fn new(config: &WebsocketConfig) -> WsAcceptor {
+        let inner = Arc::new(Settings {
+            path: config.path.clone(),
+            trusted: trusted(&config.trusted_proxies),
+        });
         WsAcceptor {
-            inner: Arc::new(Settings {
-                path: config.path.clone(),
-                // validate() refused entries that do not parse.
-                trusted: config
-                    .trusted_proxies
-                    .iter()
-                    .filter_map(|p| IpNet::parse(p))
-                    .collect(),
-            }),
+            current: Arc::new(RwLock::new(inner.clone())),
+            inner,
         }
+    }
+
+    /// The settings in force now, for one accepted connection (read once per connection).
+    pub(crate) fn snapshot(&self) -> WsAcceptor {
+        let inner = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        WsAcceptor {
+            inner,
+            current: self.current.clone(),
+        }
+    }
+
+    /// A reload: connections accepted from now on trust these proxies.
+    pub(crate) fn set_trusted_proxies(&self, proxies: &[String]) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(Settings {
+            path: current.path.clone(),
+            trusted: trusted(proxies),
+        });
     }
 
     /// Whether `ip` is a trusted proxy (its connections are admitted per forwarded address).
