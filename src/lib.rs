@@ -12,7 +12,7 @@
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
-//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
+//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`, `shared`, `dead_letter`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes; share groups (`$share/...`) and their strategies in their own trie; the bounded dead-letter path (`$DLQ/...`) |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
@@ -236,6 +236,9 @@ pub async fn run(
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(task) = broker.dead_letter_task(token.clone().cancelled_owned()) {
+        tracker.spawn(task);
+    }
     {
         // [MQTT-3.1.2-24] one sweep for every connection's keep-alive, instead of a timer each.
         let (broker, token) = (broker.clone(), token.clone());

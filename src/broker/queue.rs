@@ -20,6 +20,9 @@ pub(crate) struct Delivery {
     pub(crate) retain: bool,
     /// The per-session sequence number under which it is persisted; 0 = not persisted.
     pub(crate) seq: u64,
+    /// The share group it was dispatched for (`$share/...`), so that it can be handed to
+    /// another member if this one leaves; `None` for a plain subscription.
+    pub(crate) share: Option<Arc<super::shared::Group>>,
 }
 
 /// Where an outgoing QoS>0 message is in its handshake.
@@ -304,6 +307,66 @@ impl Outbound {
         before - self.queue.len()
     }
 
+    /// Messages in flight and queued (what `least_inflight` compares).
+    pub(crate) fn load(&self) -> usize {
+        self.inflight.len() + self.queue.len()
+    }
+
+    /// Whether the queue is full by messages (`least_inflight` skips such a member; one whose
+    /// window is full has a load of at least `max_inflight`, so it comes after every member
+    /// with free credit).
+    pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
+        self.queue.len() >= limits.max_queued_messages
+    }
+
+    /// The messages in flight (unacknowledged) and queued, in order.
+    pub(crate) fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.inflight
+            .iter()
+            .map(|e| &e.delivery)
+            .chain(self.queue.iter())
+    }
+
+    /// Takes out the messages dispatched for share group `group` (any group: `None`): those in flight that the
+    /// client has not acknowledged at all (a QoS 2 message past PUBREC stays: the client has
+    /// it), then the queued ones, in order. Their packet ids are freed.
+    pub(crate) fn take_shared(
+        &mut self,
+        group: Option<&Arc<super::shared::Group>>,
+        limits: &QueueLimits,
+    ) -> Vec<Delivery> {
+        let ours = |d: &Delivery| {
+            d.share
+                .as_ref()
+                .is_some_and(|g| group.is_none_or(|group| Arc::ptr_eq(g, group)))
+        };
+        let mut taken = Vec::new();
+        self.inflight.retain(|e| {
+            let take = e.state == InflightState::Sent && ours(&e.delivery);
+            if take {
+                taken.push(e.delivery.clone());
+            }
+            !take
+        });
+        let before = self.queued_bytes;
+        let mut bytes = 0;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if ours(&d) {
+                taken.push(d);
+            } else {
+                bytes += d.msg.payload.len();
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before, before - bytes);
+        }
+        taken
+    }
+
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
     pub(crate) fn drop_queued_qos0(&mut self, limits: &QueueLimits) {
@@ -358,10 +421,12 @@ mod tests {
                 payload: Bytes::from(vec![n]),
                 qos,
                 retain: false,
+                from: None,
             }),
             qos,
             retain: false,
             seq: 0,
+            share: None,
         }
     }
 

@@ -30,5 +30,6 @@ pub(crate) fn into_message(will: Will) -> SharedMessage {
         payload: will.payload,
         qos: will.qos,
         retain: will.retain,
+        from: None,
     })
 }
