@@ -129,6 +129,7 @@ impl Router {
             qos: QoS::AtMostOnce,
             retain: false,
             from: None,
+            origin: 0,
         }));
     }
 

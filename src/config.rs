@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod bridge;
+pub use bridge::BridgeConfig;
+pub(crate) use bridge::TopicRule;
+
 /// The commented sample configuration; its values are the defaults (a test keeps them equal).
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/broker.toml");
 
@@ -42,6 +46,9 @@ pub struct Config {
     pub tls: TlsConfig,
     pub shared_subscriptions: SharedConfig,
     pub dead_letter: DeadLetterConfig,
+    /// `[[bridge]]` tables (issue #11), none by default.
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -405,6 +412,15 @@ impl Config {
         }
         if self.dead_letter.max_queued_messages == 0 {
             bad("dead_letter.max_queued_messages", "must be at least 1");
+        }
+        for (i, b) in self.bridges.iter().enumerate() {
+            b.validate(i, &mut bad);
+            if self.bridges[..i].iter().any(|o| o.name == b.name) {
+                bad(
+                    &format!("bridge[{}].name", b.name),
+                    "is used by another bridge",
+                );
+            }
         }
         if self
             .log

@@ -6,15 +6,16 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | L0 | `error`, `config`, `topic`, `message` | typed errors, the TOML schema, validated topic names/filters, the shared `Message` |
+//! | L0 | `error`, `config` (`bridge`), `topic`, `message` | typed errors, the TOML schema (with `[[bridge]]` and Mosquitto's bridge `topic` lines), validated topic names/filters, the shared `Message` |
 //! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
-//! | L1 | `transport` (`tcp`, `tls`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate |
+//! | L1 | `transport` (`tcp`, `tls`, `tls_client`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate; the client side of TLS for bridges |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`, `shared`, `dead_letter`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes; share groups (`$share/...`) and their strategies in their own trie; the bounded dead-letter path (`$DLQ/...`) |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
@@ -43,6 +44,7 @@
 mod auth;
 #[doc(hidden)]
 pub mod bench_api;
+mod bridge;
 mod broker;
 pub mod config;
 mod error;
@@ -147,6 +149,9 @@ pub fn check(config: &Config) -> Result<(), Error> {
     if config.persistence.enabled {
         store::data_dir::check(&config.persistence.path)
             .map_err(|e| Error::Store(e.to_string()))?;
+    }
+    for b in &config.bridges {
+        bridge::tls_config(b).map_err(Error::Tls)?;
     }
     Ok(())
 }
@@ -283,6 +288,15 @@ pub async fn run(
         });
     }
     log_listening(local, &config.persistence);
+    // Bridges subscribe their journals before any client is accepted (issue #11).
+    let bridges = bridge::start(
+        &config.bridges,
+        &broker,
+        config.limits.max_packet_size,
+        &token,
+        &tracker,
+    )
+    .map_err(Error::Tls)?;
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);
@@ -337,6 +351,7 @@ pub async fn run(
         );
     }
     ctx.limits.log_summary();
+    bridge::log_summary(&bridges);
     // The writer thread flushes what is pending; join it off the async workers. A store that
     // cannot finish makes the exit non-zero: a supervisor must not read it as a clean stop.
     let closed = tokio::task::spawn_blocking(move || store.close(grace))

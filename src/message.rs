@@ -22,6 +22,9 @@ pub(crate) struct Message {
     /// The publisher's client id, for share groups that hash on it (`hash_client`); `None`
     /// for messages without a publishing client (loaded from disk, dead letters).
     pub(crate) from: Option<ClientId>,
+    /// The `Session::uid` of the bridge it came in through, 0 for any other publisher: it is
+    /// never delivered back to that session (bridge loop prevention, issue #11 item 3).
+    pub(crate) origin: u64,
 }
 
 /// The form every queue holds: one allocation shared by all subscribers.

@@ -147,7 +147,6 @@ impl TopicFilter {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
@@ -162,14 +161,13 @@ impl TopicFilter {
     }
 
     /// Whether the first level is a wildcard (such filters never match `$` topics).
-    #[cfg(test)]
     pub(crate) fn starts_with_wildcard(&self) -> bool {
         self.0.starts_with('+') || self.0.starts_with('#')
     }
 
     /// Whether this filter matches `topic`, by the rules of section 4.7: the reference
-    /// matcher the trie and retained tree are tested against.
-    #[cfg(test)]
+    /// matcher the trie and retained tree are tested against, and what a bridge maps topics
+    /// with (off the publish path).
     pub(crate) fn matches(&self, topic: &TopicName) -> bool {
         // [MQTT-4.7.2-1] wildcards never match $-topics at the first level.
         if topic.is_dollar() && self.starts_with_wildcard() {

@@ -196,6 +196,7 @@ impl DeadLetters {
             qos: letter.qos,
             retain: false,
             from: None,
+            origin: 0,
         }))
     }
 }
@@ -213,6 +214,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             retain: true,
             from: None,
+            origin: 0,
         })
     }
 

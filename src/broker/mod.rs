@@ -469,7 +469,8 @@ impl Broker {
                 seq: 0,
                 share: None,
             };
-            session.offer(d, &self.inner.limits, true, true, &self.inner.store);
+            let limits = session.limits(&self.inner.limits);
+            session.offer(d, limits, true, true, &self.inner.store);
         }
     }
 
@@ -518,17 +519,22 @@ impl Broker {
         let inner = &*self.inner;
         inner.subs.matches(&msg.topic, matches);
         for (session, granted) in matches.drain(..) {
+            // Issue #11 item 3: never back to the bridge it came from (loop prevention).
+            if msg.origin == session.uid {
+                continue;
+            }
             let d = Delivery {
                 msg: msg.clone(),
                 qos: min_qos(msg.qos, granted),
-                retain: false,
+                // [MQTT-3.3.1-9] RETAIN=0, except to a bridge: as published (as Mosquitto).
+                retain: msg.retain && session.bridge.load(Ordering::Relaxed),
                 seq: 0,
                 share: None,
             };
             let qos = d.qos;
             let offer = session.offer(
                 d,
-                &inner.limits,
+                session.limits(&inner.limits),
                 inner.queue_qos0_offline,
                 false,
                 &inner.store,
@@ -573,8 +579,8 @@ impl Broker {
                 client_id = %session.client_id,
                 session_dropped = session.dropped.load(Ordering::Relaxed),
                 total_dropped = total,
-                limit = %full.key(),
-                limit_value = full.value(&inner.limits),
+                limit = %full.key_for(session),
+                limit_value = full.value(session.limits(&inner.limits)),
                 "subscriber queue full: dropping messages (warning at most once a second)"
             );
         }
@@ -679,6 +685,7 @@ impl Broker {
                         qos: qos_from_u8(r.qos).unwrap_or(QoS::AtMostOnce),
                         retain: true,
                         from: None,
+                        origin: 0,
                     });
                     self.inner.retained.set(&topic, msg);
                 }
@@ -722,6 +729,7 @@ impl Broker {
                             qos,
                             retain: e.msg.retain,
                             from: None,
+                            origin: 0,
                         }),
                         qos,
                         retain: e.msg.retain,

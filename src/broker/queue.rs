@@ -80,6 +80,16 @@ impl QueueFull {
         }
     }
 
+    /// The name of the bound for this session: a bridge journal's own keys (`[[bridge]]`
+    /// `max_journal_messages`, `max_journal_bytes`) when it has its own bounds.
+    pub(crate) fn key_for(self, session: &super::registry::Session) -> &'static str {
+        match (self, session.limits.get().is_some()) {
+            (QueueFull::Messages, true) => "bridge.max_journal_messages",
+            (QueueFull::Bytes, true) => "bridge.max_journal_bytes",
+            _ => self.key(),
+        }
+    }
+
     /// The bound's value in `limits`.
     pub(crate) fn value(self, limits: &QueueLimits) -> usize {
         match self {
@@ -268,12 +278,15 @@ impl Outbound {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn queued_len(&self) -> usize {
         self.queue.len()
     }
 
-    #[cfg(test)]
+    /// Payload bytes queued (not yet in flight).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     pub(crate) fn inflight_len(&self) -> usize {
         self.inflight.len()
     }
@@ -422,6 +435,7 @@ mod tests {
                 qos,
                 retain: false,
                 from: None,
+                origin: 0,
             }),
             qos,
             retain: false,

@@ -4,7 +4,7 @@
 //! `.await`; only the attached connection (matching `ConnSlot::id`) may take from the queue.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -134,6 +134,15 @@ pub(crate) struct Session {
     state: Mutex<SessionState>,
     /// Messages dropped because this session's queue was full.
     pub(crate) dropped: AtomicU64,
+    /// Unique in this process, never 0: the `Message::origin` of what a bridge publishes.
+    pub(crate) uid: u64,
+    /// The attached client is a bridge (Mosquitto's `try_private`, or one of our own bridge
+    /// links): it does not receive back what it published, and RETAIN is kept as published
+    /// (issue #11 item 3). Set at each attach.
+    pub(crate) bridge: AtomicBool,
+    /// Queue bounds of this session when they are not the broker's `[limits]` (a bridge's
+    /// journal: `max_inflight`, `max_journal_bytes`). Set once, by the bridge link.
+    pub(crate) limits: std::sync::OnceLock<Box<QueueLimits>>,
 }
 
 /// The result of offering a delivery to a session.
@@ -150,6 +159,9 @@ pub(crate) enum Offer {
     Offline,
 }
 
+/// The next `Session::uid`.
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
 impl Session {
     pub(crate) fn new(client_id: ClientId, clean: bool) -> Session {
         Session {
@@ -157,7 +169,15 @@ impl Session {
             clean,
             state: Mutex::new(SessionState::default()),
             dropped: AtomicU64::new(0),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            bridge: AtomicBool::new(false),
+            limits: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This session's queue bounds: its own (a bridge journal's) or the broker's.
+    pub(crate) fn limits<'a>(&'a self, broker: &'a QueueLimits) -> &'a QueueLimits {
+        self.limits.get().map_or(broker, |l| l)
     }
 
     /// Locks the state. A poisoned lock (a panic elsewhere while holding it) is recovered:

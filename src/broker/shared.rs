@@ -266,7 +266,7 @@ impl SharedSubs {
                 if !others_online && !leaves {
                     return lost; // with no member online, the backlog stays where it is
                 }
-                let taken = st.out.take_shared(Some(&group), ctx.limits);
+                let taken = st.out.take_shared(Some(&group), session.limits(ctx.limits));
                 for d in &taken {
                     if d.seq != 0 {
                         ctx.store.submit(Op::MsgDel {
@@ -361,7 +361,10 @@ impl Group {
             self.strategy,
             ShareStrategy::HashTopic | ShareStrategy::HashClient
         );
-        let excluded = |m: &Member| exclude.is_some_and(|s| Arc::ptr_eq(&m.session, s));
+        // Issue #11 item 3: never back to the bridge a message came from.
+        let excluded = |m: &Member| {
+            exclude.is_some_and(|s| Arc::ptr_eq(&m.session, s)) || m.session.uid == msg.origin
+        };
         let offer = |m: &Member, online_only: bool| {
             let d = Delivery {
                 msg: msg.clone(),
@@ -372,7 +375,7 @@ impl Group {
             };
             m.session.offer_to(
                 d,
-                ctx.limits,
+                m.session.limits(ctx.limits),
                 ctx.queue_qos0_offline,
                 false,
                 ctx.store,
@@ -387,7 +390,7 @@ impl Group {
                 .filter(|m| !excluded(m))
                 .filter_map(|m| {
                     let st = m.session.lock();
-                    let usable = st.conn.is_some() && !st.out.is_full(ctx.limits);
+                    let usable = st.conn.is_some() && !st.out.is_full(m.session.limits(ctx.limits));
                     usable.then(|| (st.out.load(), m))
                 })
                 .min_by_key(|(load, _)| *load);

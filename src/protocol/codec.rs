@@ -58,8 +58,11 @@ pub(crate) enum Packet {
 /// A CONNECT packet. Its `Debug` redacts the password.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Connect {
-    /// 4 for "MQTT" (3.1.1) or 3 for "MQIsdp" (3.1, accepted as mosquitto does).
+    /// 4 for "MQTT" (3.1.1) or 3 for "MQIsdp" (3.1, accepted as mosquitto does); a bridge's
+    /// 0x84 / 0x83 arrives here as 4 / 3 with `bridge` set.
     pub(crate) protocol_level: u8,
+    /// The level had bit 0x80 set: Mosquitto's `try_private` bridge (issue #11 item 3).
+    pub(crate) bridge: bool,
     /// The CleanSession flag.
     pub(crate) clean_session: bool,
     /// Keep alive in seconds; 0 disables it.
@@ -298,10 +301,17 @@ fn decode_body(packet_type: u8, flags: u8, mut r: Reader<'_>) -> Result<Packet, 
 fn decode_connect(mut r: Reader<'_>) -> Result<Connect, ProtocolError> {
     let name = r.binary("truncated protocol name")?;
     let level = r.u8("missing protocol level")?;
+    // Mosquitto's bridges (try_private, its default) set bit 0x80 of the level: accepted as
+    // that level, and the client is then treated as a bridge (no echo, retain as published).
+    let raw = level;
+    let (level, bridge) = match level {
+        0x83 | 0x84 => (level & 0x7f, true),
+        _ => (level, false),
+    };
     match (name, level) {
         (b"MQTT", 4) | (b"MQIsdp", 3) => {}
         // [MQTT-3.1.2-2] returned before the rest is parsed: a newer client's layout may differ.
-        (b"MQTT" | b"MQIsdp", _) => return Err(ProtocolError::UnsupportedProtocolLevel(level)),
+        (b"MQTT" | b"MQIsdp", _) => return Err(ProtocolError::UnsupportedProtocolLevel(raw)),
         _ => return Err(ProtocolError::BadProtocolName), // [MQTT-3.1.2-1]
     }
     let flags = r.u8("missing connect flags")?;
@@ -348,6 +358,7 @@ fn decode_connect(mut r: Reader<'_>) -> Result<Connect, ProtocolError> {
     }
     Ok(Connect {
         protocol_level: level,
+        bridge,
         clean_session: flags & 0x02 != 0,
         keep_alive,
         client_id,
@@ -1125,6 +1136,30 @@ mod tests {
         let c = one_connect(&connect_with("MQIsdp", 3, 0xC2, &[s("c"), s("u"), s("p")]));
         assert_eq!(c.protocol_level, 3);
         assert_eq!(c.username.as_deref(), Some("u"));
+    }
+
+    /// issue #11 item 3: Mosquitto's bridge levels 0x84 ("MQTT") and 0x83 ("MQIsdp") are
+    /// accepted as 4 and 3 with the bridge mark; a plain level is not a bridge.
+    #[test]
+    fn bridge_protocol_levels_are_accepted_as_bridges() {
+        let c = one_connect(&connect_with("MQTT", 0x84, 0x02, &[s("b")]));
+        assert_eq!((c.protocol_level, c.bridge), (4, true));
+        let c = one_connect(&connect_with("MQIsdp", 0x83, 0x02, &[s("b")]));
+        assert_eq!((c.protocol_level, c.bridge), (3, true));
+        let c = one_connect(&connect_with("MQTT", 4, 0x02, &[s("b")]));
+        assert!(!c.bridge);
+        for (name, level) in [
+            ("MQTT", 0x83),
+            ("MQIsdp", 0x84),
+            ("MQTT", 0x85),
+            ("MQTT", 0x80),
+        ] {
+            let bytes = connect_with(name, level, 0x02, &[s("c")]);
+            assert!(
+                matches!(err(&bytes), ProtocolError::UnsupportedProtocolLevel(l) if l == level),
+                "{name} {level}"
+            );
+        }
     }
 
     /// [MQTT-3.1.2-2] a known name with another level gives UnsupportedProtocolLevel (CONNACK

@@ -139,6 +139,17 @@ async fn accept_connect<T: Transport>(
             return None;
         }
         assign_client_id().into()
+    } else if c.client_id.starts_with("$bridge/") {
+        // Issue #11: the journals of our own bridges; a client taking one over would stop it.
+        folded!(
+            log,
+            Kind::Refused,
+            warn,
+            "client id in $bridge/ (reserved for bridge journals): refused (0x02)"
+        );
+        refuse(&mut io, connack::IDENTIFIER_REJECTED);
+        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+        return None;
     } else {
         debug_assert!(!has_forbidden_char(&c.client_id));
         c.client_id.as_str().into()
@@ -189,6 +200,11 @@ async fn accept_connect<T: Transport>(
     let keep_alive = effective_keep_alive(c.keep_alive, ctx.max_keepalive_s);
     let store = ctx.broker.store();
     let attached = ctx.broker.attach(&client_id, c.clean_session, keep_alive);
+    // Issue #11 item 3: a Mosquitto bridge (level 0x83/0x84) gets no echo, RETAIN as published.
+    attached
+        .session
+        .bridge
+        .store(c.bridge, std::sync::atomic::Ordering::Relaxed);
     if let Some(acl) = &acl {
         let dropped = attached
             .session
@@ -226,6 +242,7 @@ async fn accept_connect<T: Transport>(
         keep_alive_s = keep_alive.map_or(0, |d| d.as_secs()),
         session_present = attached.session_present,
         protocol_level = c.protocol_level,
+        bridge = c.bridge,
         "client connected"
     );
     let mut conn = Connection {

@@ -373,6 +373,16 @@ impl<T: Transport> Connection<T> {
             qos: p.qos,
             retain: p.retain,
             from: Some(self.client_id.clone()),
+            // Issue #11 item 3: what a bridge publishes is never routed back to it.
+            origin: if self
+                .session
+                .bridge
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.session.uid
+            } else {
+                0
+            },
         };
         let route = |broker: &Broker, msg: Message| {
             if denied {
@@ -598,7 +608,7 @@ impl<T: Transport> Connection<T> {
     /// Moves what the window allows from the session queue into the write buffer. The queue
     /// lock is held only to move entries; encoding happens outside it.
     fn drain(&mut self) {
-        let limits = self.ctx.broker.limits();
+        let limits = self.session.limits(self.ctx.broker.limits());
         let more = {
             let mut st = self.session.lock();
             if st.conn.as_ref().map(|c| c.id) != Some(self.conn_id) {

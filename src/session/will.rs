@@ -31,5 +31,6 @@ pub(crate) fn into_message(will: Will) -> SharedMessage {
         qos: will.qos,
         retain: will.retain,
         from: None,
+        origin: 0,
     })
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod tcp;
 pub(crate) mod tls;
+pub(crate) mod tls_client;
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::io::{Interest, Ready};
 
 pub(crate) use tcp::Tcp;
 pub(crate) use tls::{HandshakeError, TlsAcceptor};
+pub(crate) use tls_client::TlsClient;
 
 /// Who the transport says the client is, handed to the CONNECT phase. Only a TLS listener with
 /// `use_identity_as_username` produces one; elsewhere the CONNECT's credentials decide.

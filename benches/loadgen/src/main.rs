@@ -225,6 +225,25 @@ enum Scenario {
         #[arg(long, default_value_t = 2.0)]
         idle_s: f64,
     },
+    /// QoS 1 through a bridge: publish on --port, receive on --remote-port (see
+    /// benches/bridge.sh): steady forwarding rate, or a backlog published then drained.
+    Bridge {
+        /// Port of the broker the bridge forwards to (on --host).
+        #[arg(long)]
+        remote_port: u16,
+        /// steady (publish and receive), publish (only publish), collect (only receive).
+        #[arg(long, value_enum, default_value = "steady")]
+        phase: scenarios::bridge::Phase,
+        /// Number of messages.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// QoS 1 publishing window.
+        #[arg(long, default_value_t = 1000)]
+        window: usize,
+        /// The receiver gives up after this many seconds without a message.
+        #[arg(long, default_value_t = 30.0)]
+        idle_s: f64,
+    },
 }
 
 impl Scenario {
@@ -237,6 +256,7 @@ impl Scenario {
             Scenario::Latency { .. } => "latency",
             Scenario::Conns { .. } => "conns",
             Scenario::Retained { .. } => "retained",
+            Scenario::Bridge { .. } => "bridge",
         }
     }
 }
@@ -398,6 +418,20 @@ async fn run(cli: &Cli, common: &Common) -> Result<Outcome> {
                 idle: secs(*idle_s, "idle-s")?,
             };
             scenarios::retained::run(common, spec).await
+        }
+        Scenario::Bridge {
+            remote_port,
+            phase,
+            messages,
+            window,
+            idle_s,
+        } => {
+            if *messages == 0 || *window == 0 || *window > 60000 {
+                bail!("--messages must be positive and --window in 1..=60000");
+            }
+            let remote = resolve(&cli.host, *remote_port)?;
+            let idle = secs(*idle_s, "idle-s")?;
+            scenarios::bridge::run(common, remote, *phase, *messages, *window, idle).await
         }
     }
 }

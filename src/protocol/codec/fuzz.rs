@@ -86,7 +86,7 @@ fn connect_body(c: &Connect, out: &mut BytesMut) {
         b"MQTT"
     };
     string(out, name);
-    out.put_u8(c.protocol_level);
+    out.put_u8(c.protocol_level | if c.bridge { 0x80 } else { 0 });
     let mut flags = u8::from(c.clean_session) << 1;
     if let Some(w) = &c.will {
         flags |= 0x04 | (w.qos as u8) << 3 | u8::from(w.retain) << 5;
@@ -275,16 +275,24 @@ fn connect() -> impl Strategy<Value = Packet> {
     ];
     (
         prop_oneof![Just(4u8), Just(3u8)],
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         any::<u16>(),
         text(23),
         proptest::option::of(will),
         credentials,
     )
         .prop_map(
-            |(protocol_level, clean_session, keep_alive, client_id, will, (username, password))| {
+            |(
+                protocol_level,
+                (clean_session, bridge),
+                keep_alive,
+                client_id,
+                will,
+                (username, password),
+            )| {
                 Packet::Connect(Connect {
                     protocol_level,
+                    bridge,
                     clean_session,
                     keep_alive,
                     client_id,

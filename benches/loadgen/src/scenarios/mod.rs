@@ -1,5 +1,6 @@
 //! Scenarios. Each returns a JSON object (one result line) and a pass flag.
 
+pub mod bridge;
 pub mod conns;
 #[cfg(test)]
 mod fake_broker;
