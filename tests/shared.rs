@@ -403,3 +403,31 @@ async fn persistent_member_survives_a_restart() {
         "{got:?}"
     );
 }
+
+/// issue #12 item 1: with an ACL, a SUBSCRIBE to `$share/{group}/{filter}` is checked against
+/// `{filter}`: granted where the user may read it, 0x80 elsewhere; the member then receives.
+#[test]
+fn acl_checks_the_filter_part_of_a_shared_subscription() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic write jobs/#\nuser worker\ntopic read jobs/#\n").expect("acl");
+    std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let b = BrokerProc::start(&format!("[auth]\nacl_file = \"{}\"\n", acl.display()));
+    let mut w = Raw::connected_by(b.addr, &RawConnect::new("acl-w").username("worker"));
+    w.subscribe_many(
+        1,
+        &[
+            ("$share/g/jobs/#", 1),
+            ("$share/g/other/#", 1),
+            ("$share/jobs/x", 1),
+        ],
+        &[1, 0x80, 0x80],
+    );
+    publish_acked(b.addr, "jobs/1", 1, false, b"job");
+    let (_, qos, retain, topic, _, payload) = expect_publish(&mut w, "the job");
+    assert_eq!(
+        (qos, retain, topic.as_str(), &payload[..]),
+        (1, false, "jobs/1", &b"job"[..])
+    );
+}
