@@ -103,6 +103,8 @@ path = \"$WORK/data\""
         cat >"$WORK/local.toml" <<EOF
 [listener]
 bind = "127.0.0.1:$port"
+[http]
+bind = "127.0.0.1:0"
 [persistence]
 $persistence
 [log]

@@ -247,7 +247,7 @@ start_broker() {
             [ -x "$BROKERD" ] || return 1
             cfg=$lp.toml
             {
-                printf '[listener]\nbind = "127.0.0.1:0"\n'
+                printf '[listener]\nbind = "127.0.0.1:0"\n[http]\nbind = "127.0.0.1:0"\n'
                 if [ "$limits" = generous ]; then
                     printf '[limits]\nmax_inflight = 1000\nmax_queued_messages = 100000\nmax_queued_bytes = 0\n'
                 fi

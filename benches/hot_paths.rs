@@ -2,7 +2,7 @@
 //! subscriptions, packet decode/encode, and routing one publish to 1 and 1,000 subscribers.
 //! Run: `cargo bench --bench hot_paths` (add `-- --quick` for a short run).
 
-use brokerd::bench_api::{decode_all, encode_publish, Acl, Router, Topic, Trie};
+use brokerd::bench_api::{decode_all, encode_publish, Acl, Counters, Router, Topic, Trie};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -181,5 +181,31 @@ fn acl_check(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, trie_match, codec, routing, acl_check);
+/// What the admin counters add per message (issue #10 item 3): a received PUBLISH (striped
+/// counters plus the top-topics sample), for one busy topic and for 10,000 distinct topics
+/// (the sketch's worst case: every sample misses and evicts), and a sent PUBLISH.
+fn counters(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics");
+    let counters = Counters::new();
+    let one: std::sync::Arc<str> = std::sync::Arc::from("site/42/dev/512/temp");
+    g.bench_function("publish_received_one_topic", |b| {
+        b.iter(|| counters.publish_received(black_box(&one), 64))
+    });
+    let many: Vec<std::sync::Arc<str>> = (0..10_000)
+        .map(|i| std::sync::Arc::from(format!("site/{i}/dev/temp")))
+        .collect();
+    let mut i = 0;
+    g.bench_function("publish_received_10000_topics", |b| {
+        b.iter(|| {
+            i = (i + 1) % many.len();
+            counters.publish_received(black_box(&many[i]), 64)
+        })
+    });
+    g.bench_function("publish_sent", |b| {
+        b.iter(|| counters.publish_sent(black_box(64)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, trie_match, codec, routing, acl_check, counters);
 criterion_main!(benches);

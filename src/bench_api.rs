@@ -154,3 +154,24 @@ impl Drop for Router {
         }
     }
 }
+
+/// The counters a received PUBLISH bumps (`admin::metrics`): striped counters plus the sampled
+/// top-topics sketch.
+#[derive(Default)]
+pub struct Counters(crate::admin::metrics::Metrics);
+
+impl Counters {
+    pub fn new() -> Counters {
+        Counters(crate::admin::metrics::Metrics::new())
+    }
+
+    /// What a session does per PUBLISH received.
+    pub fn publish_received(&self, topic: &Arc<str>, payload: usize) {
+        self.0.publish_received(1, topic, payload);
+    }
+
+    /// What a session does per PUBLISH sent.
+    pub fn publish_sent(&self, payload: usize) {
+        self.0.publish_sent(1, payload);
+    }
+}

@@ -49,6 +49,8 @@ pub struct Config {
     /// `[[bridge]]` tables (issue #11), none by default.
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeConfig>,
+    pub http: HttpConfig,
+    pub sys: SysConfig,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -187,12 +189,58 @@ pub struct TlsConfig {
     pub use_identity_as_username: bool,
 }
 
+/// `[http]`: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; see
+/// src/admin/).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address and port; port 0 picks a free port (printed as `listening http on ADDR`).
+    pub bind: String,
+}
+
+/// `[sys]`: the `$SYS/broker/...` topics (Mosquitto's `sys_interval`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` tree; 0 = off.
+    pub interval_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_s: 10 }
+    }
+}
+
 /// `[log]`: tracing output.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing-subscriber filter such as "info" or "brokerd=debug"; RUST_LOG overrides it.
     pub level: String,
+    /// How each line is written: text for people, one JSON object for log shippers.
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL span: target: message key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields (with message), span(s).
+    Json,
 }
 
 /// How a share group picks the member that receives a message (`[shared_subscriptions]`).
@@ -311,6 +359,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -422,6 +471,9 @@ impl Config {
                 );
             }
         }
+        if self.http.bind.parse::<SocketAddr>().is_err() {
+            bad("http.bind", "must be an IP:port such as \"127.0.0.1:8081\"");
+        }
         if self
             .log
             .level
@@ -443,6 +495,14 @@ impl Config {
     /// The TLS listener address (validated).
     pub fn tls_bind_addr(&self) -> SocketAddr {
         self.tls.bind.parse().expect("validate() checked tls.bind")
+    }
+
+    /// The admin HTTP address (validated).
+    pub fn http_bind_addr(&self) -> SocketAddr {
+        self.http
+            .bind
+            .parse()
+            .expect("validate() checked http.bind")
     }
 
     /// The listener address (validated).

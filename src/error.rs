@@ -2,7 +2,24 @@
 //! Invariant: every violation names the rule of the standard it breaks, so the one log line
 //! at the connection boundary says which rule the client broke.
 
+use std::io;
+use std::path::Path;
+
 use crate::topic::TopicError;
+
+/// What to append to the message of a file-system error on `path`: when the OS refused access
+/// (EACCES/EPERM), "; brokerd runs as uid N; make PATH NEED by uid N" (e.g. a root-owned volume
+/// mounted into the container, whose user is not root); otherwise nothing.
+pub(crate) fn access_hint(error: &io::Error, path: &Path, need: &str) -> String {
+    if error.kind() != io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    format!(
+        "; brokerd runs as uid {uid}; make {} {need} by uid {uid}",
+        path.display()
+    )
+}
 
 /// A client broke the protocol; the connection is closed ([MQTT-4.8.0-1]).
 #[derive(Debug, thiserror::Error)]

@@ -15,8 +15,11 @@
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`, `shared`, `dead_letter`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes; share groups (`$share/...`) and their strategies in their own trie; the bounded dead-letter path (`$DLQ/...`) |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L0 | `admin::metrics` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text |
+//! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
 //! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
 //! | L5 | `run` and `check` (here), `main.rs` | startup, shutdown, `--check-config`, the binary |
+//! | L5 | `ops` (`sd_notify`, `reload`) | readiness for systemd (`$NOTIFY_SOCKET`); SIGHUP reload: build every new value, then swap (auth, publish rates, TLS, log level); report restart-only keys |
 //!
 //! # One PUBLISH, from the publisher's socket to the subscriber's socket
 //!
@@ -41,6 +44,7 @@
 //! connection's `pending_acks` until the writer reports that state durable
 //! (`sync = "always"`; see `store::AckPolicy` for the other modes).
 
+mod admin;
 mod auth;
 #[doc(hidden)]
 pub mod bench_api;
@@ -50,6 +54,7 @@ pub mod config;
 mod error;
 mod limits;
 mod message;
+pub mod ops;
 mod protocol;
 mod server;
 mod session;
@@ -67,7 +72,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use admin::http::{probe, ProbeError};
 pub use config::{Config, ConfigError};
+pub use ops::reload::LogLevelHook;
 
 /// How often keep-alive deadlines are checked: a silent client is closed between 1.5 x its
 /// keep-alive and that plus this period.
@@ -107,17 +114,36 @@ pub struct Listening {
     pub mqtt: SocketAddr,
     /// The TLS listener (`[tls] bind`), when `[tls] enabled`.
     pub tls: Option<SocketAddr>,
+    /// The admin HTTP port (`[http] bind`), when `[http] enabled`.
+    pub http: Option<SocketAddr>,
 }
 
-/// Asks a running broker to reload what it can without a restart: today the TLS certificate,
-/// key and CA files (the password and ACL files are read at start-up only). Clone it into a
-/// signal handler (SIGHUP) and call `reload`.
-#[derive(Debug, Clone)]
-pub struct ReloadHandle(Arc<tokio::sync::watch::Sender<u64>>);
+/// Asks a running broker to reload what it can without a restart. Clone it into a signal
+/// handler (SIGHUP) and call `reload`. Made `with_config_file`, a reload re-reads that file and
+/// applies what can change while running (`ops::reload::RELOADABLE`: the log level, some
+/// limits, `[auth]` and the password and ACL files; and the TLS files); made with `new`, it
+/// reloads the TLS certificate, key and CA files only. A request made before `run` is ready
+/// is not kept.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requests: Arc<tokio::sync::watch::Sender<u64>>,
+    source: Option<(std::path::PathBuf, LogLevelHook)>,
+}
+
+impl std::fmt::Debug for ReloadHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadHandle")
+            .field("config_file", &self.source.as_ref().map(|(p, _)| p))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Default for ReloadHandle {
     fn default() -> Self {
-        ReloadHandle(Arc::new(tokio::sync::watch::Sender::new(0)))
+        ReloadHandle {
+            requests: Arc::new(tokio::sync::watch::Sender::new(0)),
+            source: None,
+        }
     }
 }
 
@@ -126,13 +152,22 @@ impl ReloadHandle {
         ReloadHandle::default()
     }
 
+    /// A handle whose reloads re-read `path` (the file `run`'s configuration came from);
+    /// `log_level` installs a new `[log] level` in the process's subscriber.
+    pub fn with_config_file(path: std::path::PathBuf, log_level: LogLevelHook) -> ReloadHandle {
+        ReloadHandle {
+            source: Some((path, log_level)),
+            ..ReloadHandle::default()
+        }
+    }
+
     /// Requests a reload; requests made while one runs are merged into one more.
     pub fn reload(&self) {
-        self.0.send_modify(|n| *n += 1);
+        self.requests.send_modify(|n| *n += 1);
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.subscribe()
+        self.requests.subscribe()
     }
 }
 
@@ -201,6 +236,8 @@ pub async fn run(
     } else {
         None
     };
+    // Up before the store loads: /healthz answers and /readyz says 503 during a long load.
+    let admin = admin::AdminServer::start(&config).await?;
     // Persistent state loads before the listener exists, so no client sees a half-loaded broker.
     let (store, snapshot) = if config.persistence.enabled {
         store::Store::open(&config.persistence).map_err(|e| Error::Store(e.to_string()))?
@@ -230,6 +267,7 @@ pub async fn run(
         None => None,
     };
     let closing = CancellationToken::new();
+    let metrics = Arc::new(admin::metrics::Metrics::new());
     let ctx = Arc::new(session::ConnContext {
         broker: broker.clone(),
         authorizer: session::Authorizer::new(auth),
@@ -238,6 +276,7 @@ pub async fn run(
         max_keepalive_s: config.limits.max_keepalive_s,
         limits: limits::ConnLimits::new(&config.limits),
         closing: closing.clone(),
+        metrics: metrics.clone(),
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -300,10 +339,25 @@ pub async fn run(
     // One admission for both listeners: max_connections, the accept rates and the connections
     // per source address count plain and TLS connections together.
     let admission = server::Admission::new(&config.limits);
+    if let Some((path, log_level)) = reload.source.clone() {
+        let acceptor = tls_listener.as_ref().map(|(_, _, a)| a.clone());
+        let reloader = ops::reload::Reloader::new(
+            path,
+            config.clone(),
+            ctx.clone(),
+            admission.clone(),
+            acceptor,
+            log_level,
+        );
+        spawn_config_reloader(reloader, reload.subscribe(), &token, &tracker);
+    }
     let tls_local = match tls_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
-            spawn_tls_reloader(acceptor.clone(), reload.subscribe(), &token, &tracker);
+            // With a configuration file, SIGHUP reloads the TLS files as part of the whole
+            // configuration (the reloader above); the poller keeps watching them for changes.
+            let signals = reload.source.is_none().then(|| reload.subscribe());
+            spawn_tls_reloader(acceptor.clone(), signals, &token, &tracker);
             let accept = server::accept_loop(
                 listener,
                 server::Kind::Tls(acceptor),
@@ -318,9 +372,24 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(a) = &admin {
+        a.admin.set_ready(admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        });
+    }
+    if config.sys.interval_s > 0 {
+        let src = admin::Sources {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+        };
+        let every = Duration::from_secs(config.sys.interval_s);
+        tracker.spawn(admin::sys::run(src, every, closing.clone()));
+    }
     ready(Listening {
         mqtt: local,
         tls: tls_local,
+        http: admin.as_ref().map(|a| a.addr),
     });
     let accept = server::accept_loop(
         listener,
@@ -358,17 +427,53 @@ pub async fn run(
         .await
         .unwrap_or(Ok(()));
     broker.log_summary();
+    if let Some(a) = admin {
+        a.stop().await;
+    }
     closed.map_err(|e| {
         tracing::error!(error = %e, "persistent state not fully written at shutdown");
         Error::Store(e.to_string())
     })
 }
 
-/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and when `reload`
-/// asks (SIGHUP). File system access runs off the async workers.
+/// Reloads the configuration each time `requests` asks (SIGHUP), one reload at a time, off
+/// the async workers.
+fn spawn_config_reloader(
+    reloader: ops::reload::Reloader,
+    mut requests: tokio::sync::watch::Receiver<u64>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let token = token.clone();
+    let reloader = Arc::new(std::sync::Mutex::new(reloader));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                r = requests.changed() => {
+                    if r.is_err() {
+                        return; // no handle left: no reload can be asked for
+                    }
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        reloader
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .reload();
+                    })
+                    .await;
+                }
+            }
+        }
+    });
+}
+
+/// Reloads the TLS files when they change (checked every `TLS_FILE_POLL`) and, given
+/// `reload`, when it asks (SIGHUP without a configuration file). File system access runs off
+/// the async workers.
 fn spawn_tls_reloader(
     acceptor: transport::TlsAcceptor,
-    mut reload: tokio::sync::watch::Receiver<u64>,
+    reload: Option<tokio::sync::watch::Receiver<u64>>,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -376,7 +481,8 @@ fn spawn_tls_reloader(
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(TLS_FILE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut signals = true;
+        let mut signals = reload.is_some();
+        let mut reload = reload.unwrap_or_else(|| tokio::sync::watch::channel(0).1);
         loop {
             let acceptor = acceptor.clone();
             tokio::select! {

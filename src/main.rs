@@ -8,9 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use brokerd::config::DEFAULT_CONFIG_TOML;
+use brokerd::ops::sd_notify::{self, Notifier};
 use brokerd::Config;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// brokerd: an MQTT 3.1.1 broker.
 ///
@@ -54,6 +57,20 @@ enum Command {
         #[arg(long, value_name = "N")]
         iterations: Option<u32>,
     },
+    /// Probe a running broker's admin port: GET /healthz, exit 0 on 200 and 1 otherwise, saying
+    /// why. Needs no shell or curl (the Docker HEALTHCHECK). The address is `[http] bind` of
+    /// the configuration (0.0.0.0 and [::] are probed on loopback), or --url.
+    Health {
+        /// Read `[http] bind` from this TOML file (default: the built-in defaults).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Probe this URL instead, e.g. http://127.0.0.1:8081/healthz.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Connect and answer timeout, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +98,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         println!("{}: {what} user {user}", file.display());
         return Ok(());
     }
+    if let Some(Command::Health {
+        config,
+        url,
+        timeout_ms,
+    }) = &args.command
+    {
+        return health(config.as_deref(), url.clone(), *timeout_ms);
+    }
     if args.print_default_config {
         print!("{DEFAULT_CONFIG_TOML}");
         return Ok(());
@@ -96,7 +121,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    init_tracing(&config.log.level)?;
+    let log_level = init_tracing(&config.log)?;
     let source = args.config.as_ref().map_or_else(
         || "built-in defaults".to_owned(),
         |p| p.display().to_string(),
@@ -113,9 +138,20 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Installed before the listener is announced: a SIGTERM right after `listening on`
         // must shut down cleanly, and a SIGHUP must not kill the process (its default action).
+        let notifier = Notifier::from_env();
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        let reload = brokerd::ReloadHandle::new();
-        forward_hangups(reload.clone(), config.tls.enabled)
+        let shutdown = {
+            let notifier = notifier.clone();
+            async move {
+                shutdown.await;
+                notify(&notifier, "STOPPING=1\nSTATUS=shutting down");
+            }
+        };
+        let reload = match &args.config {
+            Some(path) => brokerd::ReloadHandle::with_config_file(path.clone(), log_level),
+            None => brokerd::ReloadHandle::new(),
+        };
+        forward_hangups(reload.clone(), args.config.is_some(), config.tls.enabled)
             .context("installing the SIGHUP handler")?;
         brokerd::run(config, shutdown, reload, |at| {
             // The MQTT listener's line comes first and keeps its form (scripts read it).
@@ -124,28 +160,94 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             if let Some(tls) = at.tls {
                 let _ = writeln!(out, "listening tls on {tls}");
             }
+            if let Some(http) = at.http {
+                let _ = writeln!(out, "listening http on {http}");
+            }
             let _ = out.flush();
+            // Every listener is bound and the store is loaded: `run` calls this only then.
+            let mut status = format!("listening on {}", at.mqtt);
+            if let Some(tls) = at.tls {
+                status.push_str(&format!(", tls on {tls}"));
+            }
+            notify(
+                &notifier,
+                &format!("READY=1\n{}", sd_notify::status(&status)),
+            );
         })
         .await?;
         anyhow::Ok(())
     })
 }
 
-/// Logs go to stderr (stdout carries only the `listening on ADDR` lines); RUST_LOG wins over
-/// the configured level.
-fn init_tracing(level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).with_context(|| format!("invalid RUST_LOG {v:?}"))?
+/// `brokerd health`: one probe of /healthz; Ok (exit 0) only on a 200.
+fn health(
+    config: Option<&std::path::Path>,
+    url: Option<String>,
+    timeout_ms: u64,
+) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let config = match config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if !config.http.enabled {
+                anyhow::bail!("[http] enabled = false: no admin port to probe (use --url)");
+            }
+            format!("http://{}/healthz", config.http_bind_addr())
         }
-        _ => EnvFilter::try_new(level).with_context(|| format!("invalid log.level {level:?}"))?,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let limit = std::time::Duration::from_millis(timeout_ms.max(1));
+    let status = brokerd::probe(&url, limit).with_context(|| format!("unhealthy: {url}"))?;
+    println!("healthy: {url}: {status}");
     Ok(())
+}
+
+/// Tells the service manager (systemd, `Type=notify`) `state`, when there is one; a failure
+/// is logged and otherwise ignored (the manager's own timeout then decides).
+fn notify(notifier: &Option<Notifier>, state: &str) {
+    if let Some(n) = notifier {
+        if let Err(e) = n.notify(state) {
+            tracing::warn!(error = %e, "sd_notify: cannot reach $NOTIFY_SOCKET");
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries only the `listening on ADDR` lines), as text or one JSON
+/// object per line; RUST_LOG wins over the configured level. Returns what a reload calls to
+/// change the level (a no-op while RUST_LOG is set).
+fn init_tracing(log: &brokerd::config::LogConfig) -> anyhow::Result<brokerd::LogLevelHook> {
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = match &rust_log {
+        Some(v) => EnvFilter::try_new(v).with_context(|| format!("invalid RUST_LOG {v:?}"))?,
+        None => EnvFilter::try_new(&log.level)
+            .with_context(|| format!("invalid log.level {:?}", log.level))?,
+    };
+    // The filter sits behind a reload handle; callsites are re-evaluated only when it changes,
+    // so a disabled debug! on the message path stays a cached "never".
+    let (filter, handle) = reload::Layer::<EnvFilter, Registry>::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let fmt = match log.format {
+        brokerd::config::LogFormat::Text => fmt.boxed(),
+        brokerd::config::LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    Ok(std::sync::Arc::new(move |level: &str| {
+        if rust_log.is_some() {
+            tracing::info!(
+                level,
+                "log.level changed, but RUST_LOG is set and stays in force"
+            );
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("log.level {level:?}: {e}"))
+    }))
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the returned future resolves on either.
@@ -162,28 +264,31 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Installs a SIGHUP handler now; each SIGHUP reloads the TLS files (when TLS is enabled) and
-/// is logged. The broker keeps running. The password and ACL files and the rest of the
-/// configuration need a restart.
+/// Installs a SIGHUP handler now; each SIGHUP asks `reload` (see `ReloadHandle`) and is
+/// logged. The broker keeps running.
 #[cfg(unix)]
-fn forward_hangups(reload: brokerd::ReloadHandle, tls: bool) -> std::io::Result<()> {
+fn forward_hangups(reload: brokerd::ReloadHandle, file: bool, tls: bool) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if tls {
-                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files (configuration reload is not supported yet, password and ACL files included: restart to apply them)");
-                reload.reload();
+            if file && tls {
+                tracing::info!("SIGHUP received: reloading the TLS certificate, key and CA files with the configuration file");
+            } else if file {
+                tracing::info!("SIGHUP received: reloading the configuration file");
+            } else if tls {
+                tracing::info!("SIGHUP received: no configuration file (built-in defaults); reloading the TLS certificate, key and CA files");
             } else {
-                tracing::info!("SIGHUP received: nothing to reload (TLS is off; configuration reload is not supported yet, password and ACL files included); still running");
+                tracing::info!("SIGHUP received: nothing to reload (built-in defaults, no --config file); still running");
             }
+            reload.reload();
         }
     });
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn forward_hangups(_reload: brokerd::ReloadHandle, _tls: bool) -> std::io::Result<()> {
+fn forward_hangups(_reload: brokerd::ReloadHandle, _file: bool, _tls: bool) -> std::io::Result<()> {
     Ok(())
 }
 

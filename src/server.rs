@@ -6,7 +6,7 @@
 //! on shutdown no new connection is accepted.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, field, info_span, warn, Instrument};
 
+use crate::admin::metrics::Refused;
 use crate::config::LimitsConfig;
 use crate::limits::accept::{AcceptGate, Admitted, Refusal};
 use crate::limits::log_fold::{folded, Kind as LogKind};
@@ -33,7 +34,9 @@ pub(crate) enum Kind {
 #[derive(Clone)]
 pub(crate) struct Admission {
     permits: Arc<Semaphore>,
-    max_connections: usize,
+    /// `limits.max_connections`; the semaphore's permits add up to it (changed by a reload,
+    /// see `set_max_connections`).
+    max_connections: Arc<AtomicUsize>,
     /// Connections refused for `max_connections`, over all listeners (logged at powers of two).
     refused: Arc<AtomicU64>,
     /// One gate, one per-address table: a plain and a TLS connection from one address count
@@ -46,9 +49,33 @@ impl Admission {
     pub(crate) fn new(limits: &LimitsConfig) -> Admission {
         Admission {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
-            max_connections: limits.max_connections,
+            max_connections: Arc::new(AtomicUsize::new(limits.max_connections)),
             refused: Arc::new(AtomicU64::new(0)),
             gate: Arc::new(Mutex::new(AcceptGate::new(limits))),
+        }
+    }
+
+    /// A reload: from now on at most `max` connections. Raising adds permits at once. Lowering
+    /// takes the free permits away at once and the rest as connections end (a task on
+    /// `runtime` waits for them): connected clients are never closed for it, and new ones are
+    /// refused until the count is below the new limit. Calls must not overlap (the reloader
+    /// runs one reload at a time).
+    pub(crate) fn set_max_connections(&self, max: usize, runtime: &tokio::runtime::Handle) {
+        let old = self.max_connections.swap(max, Ordering::Relaxed);
+        if max > old {
+            self.permits.add_permits(max - old);
+        } else if max < old {
+            let owed = (old - max) - self.permits.forget_permits(old - max);
+            if owed > 0 {
+                let permits = self.permits.clone();
+                // More than u32::MAX cannot be owed in practice (connections are fds).
+                let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+                runtime.spawn(async move {
+                    if let Ok(p) = permits.acquire_many_owned(owed).await {
+                        p.forget();
+                    }
+                });
+            }
         }
     }
 
@@ -71,7 +98,6 @@ pub(crate) async fn accept_loop(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let max_connections = admission.max_connections;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -98,6 +124,11 @@ pub(crate) async fn accept_loop(
             Ok(admitted) => admitted,
             Err(why) => {
                 let refused_total = ctx.limits.note_refused(why);
+                ctx.metrics.refused(match why {
+                    Refusal::ConnectionsPerIp => Refused::MaxConnectionsPerIp,
+                    Refusal::RatePerIp => Refused::MaxAcceptRatePerIp,
+                    Refusal::Rate => Refused::MaxAcceptRate,
+                });
                 folded!(
                     ctx.limits.log,
                     LogKind::Refused,
@@ -114,12 +145,15 @@ pub(crate) async fn accept_loop(
         };
         let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
             let n = admission.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            ctx.metrics.refused(Refused::MaxConnections);
             if n.is_power_of_two() {
+                let max_connections = admission.max_connections.load(Ordering::Relaxed);
                 warn!(%peer, max_connections, refused_total = n, "limits.max_connections reached: connection closed");
             }
             drop(stream);
             continue;
         };
+        ctx.metrics.sockets_accepted.fetch_add(1, Ordering::Relaxed);
         // Every log line of the connection carries its peer address and (after CONNECT) client id.
         let (ctx, token) = (ctx.clone(), shutdown.clone());
         match &kind {

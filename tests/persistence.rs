@@ -430,7 +430,7 @@ fn expect_refusal(dir: &Path, config: &str) -> String {
     let path = dir.join("broker.toml");
     std::fs::write(
         &path,
-        format!("[listener]\nbind = \"127.0.0.1:0\"\n{config}"),
+        format!("[listener]\nbind = \"127.0.0.1:0\"\n[http]\nbind = \"127.0.0.1:0\"\n{config}"),
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
@@ -622,7 +622,7 @@ fn unwritable_data_dir_is_refused_not_moved() {
     let config = dir.path().join("broker.toml");
     std::fs::write(
         &config,
-        format!("[listener]\nbind = \"127.0.0.1:0\"\n{PERSIST}"),
+        format!("[listener]\nbind = \"127.0.0.1:0\"\n[http]\nbind = \"127.0.0.1:0\"\n{PERSIST}"),
     )
     .unwrap();
     mode(&config, 0o644).unwrap();

@@ -77,7 +77,10 @@ impl std::fmt::Display for Anonymous {
 /// does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
-    #[error("cannot read {kind} {path}: {error}")]
+    #[error(
+        "cannot read {kind} {path}: {error}{}",
+        crate::error::access_hint(error, path, "readable")
+    )]
     Read {
         kind: &'static str,
         path: PathBuf,

@@ -5,6 +5,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod dead_letter;
+pub(crate) mod figures;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod retained;
@@ -491,14 +492,17 @@ impl Broker {
             } else {
                 // [MQTT-3.3.1-5] ...any other replaces it.
                 inner.retained.set(&msg.topic, msg.clone());
-                inner.store.submit(Op::RetainPut {
-                    msg: StoredMessage {
-                        topic: msg.topic.as_arc().clone(),
-                        payload: msg.payload.clone(),
-                        qos: msg.qos as u8,
-                        retain: true,
-                    },
-                });
+                // $SYS values are rebuilt every interval: kept in memory only.
+                if !msg.topic.as_str().starts_with("$SYS/") {
+                    inner.store.submit(Op::RetainPut {
+                        msg: StoredMessage {
+                            topic: msg.topic.as_arc().clone(),
+                            payload: msg.payload.clone(),
+                            qos: msg.qos as u8,
+                            retain: true,
+                        },
+                    });
+                }
             }
         }
         MATCHES.with(|cell| {

@@ -282,7 +282,7 @@ impl Outbound {
         self.queue.len()
     }
 
-    /// Payload bytes queued (not yet in flight).
+    /// Payload bytes queued (what `limits.max_queued_bytes` bounds).
     pub(crate) fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }

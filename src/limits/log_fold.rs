@@ -5,7 +5,7 @@
 //! the log grows by at most the threshold plus one summary line a second, whatever the
 //! connection rate; the cost is one clock read and a few relaxed atomics per connection event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
@@ -46,8 +46,8 @@ const KINDS: usize = 4;
 /// The rate-limited writer of connection lines; one per broker.
 #[derive(Debug)]
 pub(crate) struct LogFold {
-    /// Lines per second written in full; 0 = never fold.
-    threshold: u32,
+    /// Lines per second written in full; 0 = never fold. Changed by a reload.
+    threshold: AtomicU32,
     /// The current second (high 32 bits; wall-clock seconds, the ones the log's timestamps
     /// show) and the lines written in it (low 32).
     window: AtomicU64,
@@ -58,7 +58,7 @@ pub(crate) struct LogFold {
 impl LogFold {
     pub(crate) fn new(threshold: u32) -> LogFold {
         LogFold {
-            threshold,
+            threshold: AtomicU32::new(threshold),
             window: AtomicU64::new(0),
             folded: Default::default(),
         }
@@ -67,7 +67,7 @@ impl LogFold {
     /// Whether a line of `kind` should be written now. When not, it is counted for the next
     /// summary instead: the caller skips its line.
     pub(crate) fn allow(&self, kind: Kind) -> bool {
-        if self.threshold == 0 {
+        if self.threshold.load(Ordering::Relaxed) == 0 {
             return true;
         }
         let second = SystemTime::now()
@@ -82,7 +82,7 @@ impl LogFold {
         loop {
             let (win, lines) = (cur >> 32, cur & 0xFFFF_FFFF);
             let next = if win == second {
-                if lines >= u64::from(self.threshold) {
+                if lines >= u64::from(self.threshold.load(Ordering::Relaxed)) {
                     self.folded[kind as usize].fetch_add(1, Ordering::Relaxed);
                     return false;
                 }
@@ -104,6 +104,11 @@ impl LogFold {
         }
     }
 
+    /// A reload: lines from now on are folded above `threshold` a second (0 = never).
+    pub(crate) fn set_threshold(&self, threshold: u32) {
+        self.threshold.store(threshold, Ordering::Relaxed);
+    }
+
     /// Writes one summary line of what was folded since the last call, if anything was.
     /// Called once a second, and at shutdown.
     pub(crate) fn flush(&self) {
@@ -116,7 +121,7 @@ impl LogFold {
                 protocol_errors,
                 refused,
                 limit = %"max_conn_log_lines_per_s",
-                limit_value = self.threshold,
+                limit_value = self.threshold.load(Ordering::Relaxed),
                 "connection log lines folded: more than the limit in a second; counts of the lines not written"
             );
         }

@@ -11,6 +11,7 @@ pub(crate) mod log_fold;
 pub(crate) mod publish;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use tracing::info;
 
@@ -24,8 +25,9 @@ use publish::PublishRate;
 pub(crate) struct ConnLimits {
     /// Connection log lines, folded above `max_conn_log_lines_per_s`.
     pub(crate) log: LogFold,
-    /// `max_publish_rate` and `max_publish_bytes_rate`.
-    pub(crate) publish: PublishRate,
+    /// `max_publish_rate` and `max_publish_bytes_rate`, copied into each new connection's
+    /// limiter (read once per CONNECT, replaced by a reload).
+    publish: RwLock<PublishRate>,
     /// Connections refused at accept, indexed by `Refusal as usize`.
     refused: [AtomicU64; 3],
 }
@@ -34,9 +36,24 @@ impl ConnLimits {
     pub(crate) fn new(l: &LimitsConfig) -> ConnLimits {
         ConnLimits {
             log: LogFold::new(l.max_conn_log_lines_per_s),
-            publish: PublishRate::new(l),
+            publish: RwLock::new(PublishRate::new(l)),
             refused: Default::default(),
         }
+    }
+
+    /// The publish limiter of a new connection (`None` when both rates are off).
+    pub(crate) fn publish_limiter(&self) -> Option<Box<publish::PublishLimiter>> {
+        self.publish
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limiter()
+    }
+
+    /// A reload: connections accepted from now on get these publish rates (connected clients
+    /// keep theirs), and connection log lines fold at the new `max_conn_log_lines_per_s`.
+    pub(crate) fn apply(&self, l: &LimitsConfig) {
+        *self.publish.write().unwrap_or_else(PoisonError::into_inner) = PublishRate::new(l);
+        self.log.set_threshold(l.max_conn_log_lines_per_s);
     }
 
     /// Counts a connection refused at accept; returns how many `why` refused so far.

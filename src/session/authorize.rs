@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -45,7 +45,8 @@ pub(crate) enum Refusal {
 /// The loaded `Auth` plus what logins share at run time.
 #[derive(Debug)]
 pub(crate) struct Authorizer {
-    auth: Arc<Auth>,
+    /// Replaced whole by a reload (SIGHUP); read once or twice per login, never per message.
+    auth: RwLock<Arc<Auth>>,
     slots: Semaphore,
     failures: Failures,
 }
@@ -54,10 +55,24 @@ impl Authorizer {
     pub(crate) fn new(auth: Auth) -> Authorizer {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Authorizer {
-            auth: Arc::new(auth),
+            auth: RwLock::new(Arc::new(auth)),
             slots: Semaphore::new(cores.clamp(1, MAX_VERIFY_SLOTS)),
             failures: Failures::default(),
         }
+    }
+
+    /// The password file and ACL in force now.
+    fn auth(&self) -> Arc<Auth> {
+        self.auth
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps in a newly loaded `Auth` (a reload): logins from now on use it; connected clients
+    /// keep the ACL they got at CONNECT.
+    pub(crate) fn replace(&self, auth: Auth) {
+        *self.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
     }
 
     /// Decides a CONNECT's credentials. A refusal is logged (through `log`, folded above
@@ -72,7 +87,8 @@ impl Authorizer {
         shutdown: &CancellationToken,
         log: &LogFold,
     ) -> Result<(), Option<Refusal>> {
-        let accepted = match self.auth.quick_decision(c.username.as_deref()) {
+        let auth = self.auth();
+        let accepted = match auth.quick_decision(c.username.as_deref()) {
             Some(ok) => ok,
             None => {
                 // Off the async workers, a bounded number at a time.
@@ -89,7 +105,6 @@ impl Authorizer {
                     );
                     return Err(Some(Refusal::Unavailable));
                 };
-                let auth = self.auth.clone();
                 let user = c.username.clone().unwrap_or_default();
                 let password = c.password.clone();
                 let ok = tokio::task::spawn_blocking(move || {
@@ -128,7 +143,7 @@ impl Authorizer {
         client_id: &ClientId,
         username: Option<&str>,
     ) -> Option<Arc<SessionAcl>> {
-        self.auth
+        self.auth()
             .client_acl(client_id, username)
             .map(|acl| Arc::new(SessionAcl::new(acl)))
     }

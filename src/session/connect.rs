@@ -15,6 +15,7 @@ use tracing::{debug, info, warn, Span};
 use super::authorize::Refusal;
 use super::io::{Io, ReadError};
 use super::{ConnContext, Connection};
+use crate::admin::metrics::Refused;
 use crate::error::ProtocolError;
 use crate::limits::log_fold::{folded, Kind};
 use crate::protocol::codec::{self, Connect, Packet};
@@ -85,6 +86,7 @@ pub(super) async fn handshake<T: Transport>(
                 level,
                 "[MQTT-3.1.2-2] unsupported protocol level: refused"
             );
+            ctx.metrics.refused(Refused::ProtocolVersion);
             codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
             let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
             return None;
@@ -110,7 +112,12 @@ async fn accept_connect<T: Transport>(
     ctx: &Arc<ConnContext>,
     shutdown: &CancellationToken,
 ) -> Option<Connection<T>> {
-    let refuse = |io: &mut Io<T>, code: u8| codec::encode_connack(&mut io.wbuf, false, code);
+    let refuse = |io: &mut Io<T>, code: u8| {
+        if let Some(why) = Refused::from_connack(code) {
+            ctx.metrics.refused(why);
+        }
+        codec::encode_connack(&mut io.wbuf, false, code)
+    };
     // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
     let log = &ctx.limits.log;
     // [MQTT-3.1.3-6, -8] an empty client id is assigned one only with CleanSession=1, and only
@@ -263,9 +270,10 @@ async fn accept_connect<T: Transport>(
         pending_acks: VecDeque::new(),
         pending_subacks: 0,
         persisted: !c.clean_session && ctx.broker.store().enabled(),
-        limiter: ctx.limits.publish.limiter(),
+        limiter: ctx.limits.publish_limiter(),
     };
-    // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
+    ctx.metrics.connected(); // undone in `Connection::finish`
+                             // [MQTT-4.4.0-1] re-send unacknowledged messages first, with DUP and their original ids.
     conn.resend_inflight();
     Some(conn)
 }

@@ -163,6 +163,11 @@ impl<T: Transport> Io<T> {
         }
     }
 
+    /// Bytes read and not yet decoded.
+    pub(crate) fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
     /// Bytes of packets not yet taken by the transport (the backpressure measure).
     pub(crate) fn pending_output(&self) -> usize {
         self.wbuf.len()

@@ -24,6 +24,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use crate::admin::metrics::Hot;
 use crate::broker::queue::{AckOutcome, InflightState, Outbound, Outgoing};
 use crate::broker::registry::{ConnCtl, Kick, Session};
 use crate::broker::Broker;
@@ -51,6 +52,8 @@ pub(crate) struct ConnContext {
     /// Cancelled first at shutdown: every connection publishes its will while all of them are
     /// still connected, so live subscribers receive the wills before the connections close.
     pub(crate) closing: CancellationToken,
+    /// Counters for `/metrics` and `$SYS` (striped relaxed atomics; see `admin::metrics`).
+    pub(crate) metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 /// Why a connection ended. Logged once, at the task boundary; also decides the will.
@@ -179,8 +182,13 @@ impl<T: Transport> Connection<T> {
             {
                 self.drain();
             }
+            let unsent = self.io.pending_output();
             if let Err(e) = self.io.try_flush() {
                 return DisconnectReason::Io(e);
+            }
+            let sent = unsent - self.io.pending_output();
+            if sent > 0 {
+                self.ctx.metrics.add(Hot::BytesOut, sent as u64);
             }
             // Backpressure: while our output to this client is backed up, stop reading its
             // input (TCP then slows a fast publisher) and stop taking from its queue.
@@ -231,10 +239,15 @@ impl<T: Transport> Connection<T> {
                     }
                 }
                 Event::Readable(Ok(())) => {
+                    let buffered = self.io.buffered();
                     let fill = match self.io.try_fill() {
                         Ok(fill) => fill,
                         Err(e) => return DisconnectReason::Io(e),
                     };
+                    let read = self.io.buffered().saturating_sub(buffered);
+                    if read > 0 {
+                        self.ctx.metrics.add(Hot::BytesIn, read as u64);
+                    }
                     // At EOF nothing more is coming to wait for: handle every whole packet
                     // (a final DISCONNECT decides the will), backed up or not.
                     if let Err(reason) = self.process_input(fill == Fill::Eof) {
@@ -367,6 +380,9 @@ impl<T: Transport> Connection<T> {
                 .as_str()
                 .starts_with(crate::broker::dead_letter::DLQ_PREFIX)
             || self.acl.as_ref().is_some_and(|a| !a.may_publish(&p.topic));
+        self.ctx
+            .metrics
+            .publish_received(p.qos as u8, p.topic.as_arc(), p.payload.len());
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
@@ -661,6 +677,9 @@ impl<T: Transport> Connection<T> {
     /// Appends a first delivery of a queued message to the write buffer.
     fn encode_delivery(&mut self, o: &Outgoing) {
         let d = &o.delivery;
+        self.ctx
+            .metrics
+            .publish_sent(d.qos as u8, d.msg.payload.len());
         if let Err(e) = codec::encode_publish(
             &mut self.io.wbuf,
             d.msg.topic.as_str(),
@@ -682,6 +701,9 @@ impl<T: Transport> Connection<T> {
             match e.state {
                 InflightState::Sent => {
                     let d = &e.delivery;
+                    self.ctx
+                        .metrics
+                        .publish_sent(d.qos as u8, d.msg.payload.len());
                     if let Err(err) = codec::encode_publish(
                         &mut self.io.wbuf,
                         d.msg.topic.as_str(),
@@ -709,6 +731,7 @@ impl<T: Transport> Connection<T> {
             let _ = timeout(Duration::from_millis(500), self.io.flush_all()).await;
         }
         self.ctx.broker.detach(&self.session, self.conn_id);
+        self.ctx.metrics.disconnected();
         let publish_will = will::should_publish(&reason, self.session.clean);
         if let Some(w) = self.will.take() {
             if publish_will {

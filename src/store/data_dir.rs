@@ -9,7 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why `persistence.path` cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("data directory {path}: {problem}: {error}")]
+#[error(
+    "data directory {path}: {problem}: {error}{}",
+    crate::error::access_hint(error, path, "readable and writable")
+)]
 pub(crate) struct DataDirError {
     path: PathBuf,
     problem: String,

@@ -12,6 +12,7 @@ mod legacy;
 mod sled_backend;
 mod writer;
 
+use crate::admin::metrics::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +34,7 @@ pub(crate) use sled_backend::SledBackend;
 pub(crate) enum StoreError {
     #[error("storage engine: {0}")]
     Engine(sled::Error),
-    #[error("data directory {path}: {error}")]
+    #[error("data directory {path}: {error}{}", dir_hint(path, error))]
     Dir {
         path: PathBuf,
         error: std::io::Error,
@@ -51,6 +52,15 @@ pub(crate) enum StoreError {
     Corrupt(&'static str),
     #[error("{ops} operations were not written to disk ({why})")]
     Unflushed { ops: usize, why: &'static str },
+}
+
+/// For a permission error on the data directory (or its lock file): which uid needs access.
+fn dir_hint(path: &std::path::Path, error: &std::io::Error) -> String {
+    let dir = match path.file_name() {
+        Some(name) if name == dir::LOCK_FILE => path.parent().unwrap_or(path),
+        _ => path,
+    };
+    crate::error::access_hint(error, dir, "readable and writable")
 }
 
 impl StoreError {
@@ -242,6 +252,8 @@ struct Shared {
     backlog_since_ms: AtomicU64,
     /// Operations the writer could not write when it stopped (disk full, I/O errors).
     unwritten: AtomicU64,
+    /// How long each successful flush to disk took (`/metrics`).
+    flush_latency: Histogram,
 }
 
 impl Shared {
@@ -289,6 +301,11 @@ impl Drop for Group<'_> {
 }
 
 impl Store {
+    /// The flush latency histogram; None with persistence off.
+    pub(crate) fn flush_latency(&self) -> Option<&Histogram> {
+        self.shared.as_deref().map(|s| &s.flush_latency)
+    }
+
     /// Persistence off: nothing is written, nothing is waited for.
     pub(crate) fn disabled() -> Store {
         Store::default()
@@ -347,6 +364,7 @@ impl Store {
             started: Instant::now(),
             backlog_since_ms: AtomicU64::new(u64::MAX),
             unwritten: AtomicU64::new(0),
+            flush_latency: Histogram::default(),
         });
         let reopen = {
             let (path, sync, cache) = (path.clone(), config.sync, config.cache_bytes);

@@ -313,7 +313,9 @@ impl<F: Fn() -> Result<SledBackend, StoreError>> Writer<F> {
             .backend
             .as_mut()
             .ok_or(StoreError::Corrupt("no engine"))?;
+        let started = Instant::now();
         engine.flush()?;
+        self.shared.flush_latency.observe(started.elapsed());
         self.unflushed.clear();
         self.dirty = false;
         self.last_flush = Instant::now();

@@ -189,6 +189,9 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
+/// A server configuration built from the files, not yet in use (see `TlsAcceptor::prepare`).
+pub(crate) struct PreparedTls(Arc<ServerConfig>);
+
 /// The TLS listener's server configuration, replaced whole by a reload.
 #[derive(Clone)]
 pub(crate) struct TlsAcceptor {
@@ -304,6 +307,31 @@ impl TlsAcceptor {
         if settled {
             self.rebuild("file change");
         }
+    }
+
+    /// Reads the files into a new server configuration without using it (the first half of a
+    /// configuration reload, which swaps everything or nothing).
+    pub(crate) fn prepare(&self) -> Result<PreparedTls, TlsError> {
+        certs::build(&self.inner.files).map(PreparedTls)
+    }
+
+    /// Swaps in what `prepare` built: new connections use it.
+    pub(crate) fn install(&self, prepared: PreparedTls, trigger: &'static str) {
+        self.inner
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_loaded(&self.inner.files);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = prepared.0;
+        info!(
+            trigger,
+            cert_file = %self.inner.files.cert.display(),
+            "tls: certificate reloaded; new connections use it"
+        );
     }
 
     fn rebuild(&self, trigger: &'static str) {

@@ -21,6 +21,8 @@ pub struct BrokerProc {
     pub addr: SocketAddr,
     /// The TLS listener (`listening tls on ADDR`), when the config enables `[tls]`.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin HTTP port (`listening http on ADDR`); 127.0.0.1:0 unless the test sets [http].
+    pub http_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -36,6 +38,15 @@ impl BrokerProc {
 
     /// Like `start`, in a given directory (to restart on the same data directory).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> BrokerProc {
+        Self::start_with(dir, extra, |_| {})
+    }
+
+    /// Like `start_in`, with `tweak` applied to the command last (environment, uid, ...).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        tweak: impl FnOnce(&mut Command),
+    ) -> BrokerProc {
         let config_path = dir.path().join("broker.toml");
         let listener_extra = if extra.contains("[listener]") {
             String::new()
@@ -43,20 +54,27 @@ impl BrokerProc {
             "[listener]\nbind = \"127.0.0.1:0\"\n".to_owned()
         };
         let extra = extra.replace("[listener]\n", "[listener]\nbind = \"127.0.0.1:0\"\n");
-        let config_text = format!("{listener_extra}{extra}\n");
+        let http_extra = if extra.contains("[http]") {
+            ""
+        } else {
+            "\n[http]\nbind = \"127.0.0.1:0\"\n"
+        };
+        let config_text = format!("{listener_extra}{extra}\n{http_extra}");
         std::fs::write(&config_path, &config_text).expect("write config");
-        let tls = brokerd::Config::parse(&config_text, &config_path).is_ok_and(|c| c.tls.enabled);
+        let parsed = brokerd::Config::parse(&config_text, &config_path).ok();
+        let tls = parsed.as_ref().is_some_and(|c| c.tls.enabled);
+        let http = parsed.as_ref().is_some_and(|c| c.http.enabled);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_brokerd"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
+        cmd.arg("--config")
             .arg(&config_path)
             .current_dir(dir.path())
             .env("RUST_LOG", "brokerd=debug")
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn brokerd");
+            .stderr(stderr);
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn brokerd");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -88,10 +106,18 @@ impl BrokerProc {
                 .parse()
                 .expect("TLS address")
         });
+        let http_addr = http.then(|| {
+            let line = next_line("listening http on");
+            line.strip_prefix("listening http on ")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"))
+                .parse()
+                .expect("HTTP address")
+        });
         BrokerProc {
             child,
             addr,
             tls_addr,
+            http_addr,
             dir,
             config_path,
             stderr_path,

@@ -105,9 +105,11 @@ start_broker() {
     STARTED_PID=$!
     STARTED_PORT=""
     STARTED_TLS_PORT=""
+    STARTED_HTTP_PORT=""
     for _ in $(seq 100); do
         STARTED_PORT="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
         STARTED_TLS_PORT="$(sed -n 's/^listening tls on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
+        STARTED_HTTP_PORT="$(sed -n 's/^listening http on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")"
         [[ -n "$STARTED_PORT" && ( -z "$tls" || -n "$STARTED_TLS_PORT" ) ]] && break
         kill -0 "$STARTED_PID" 2>/dev/null || break
         sleep 0.1
@@ -125,6 +127,10 @@ cat >"$TMP/broker.toml" <<EOF
 bind = "127.0.0.1:0"
 shutdown_grace_ms = 2000
 
+# Never the default 8081: two brokers (or two runs of this script) must not collide.
+[http]
+bind = "127.0.0.1:0"
+
 [tls]
 enabled = true
 bind = "127.0.0.1:0"
@@ -137,6 +143,7 @@ start_broker broker tls
 BROKER_PID=$STARTED_PID
 PORT=$STARTED_PORT
 TLS_PORT=$STARTED_TLS_PORT
+HTTP_PORT=$STARTED_HTTP_PORT
 H=(-h 127.0.0.1 -p "$PORT")
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -251,8 +258,9 @@ expect wild "wildcards '+' and '#', overlapping subscriptions deliver one copy" 
     "MSG 1 0 interop/wild/a/x one" "MSG 1 0 interop/wild/b two"
 
 # A client may not publish to $SYS topics: the broker acknowledges and drops it, so the
-# subscriber's first message is the marker published after it.
-msub sys -t '$SYS/#' -t interop/sys -q 1 -C 1 -W "$T"
+# subscriber's first message is the marker published after it. (The filter covers the forged
+# topic, not all of $SYS: the broker's own $SYS/broker/... tree is retained since issue #10.)
+msub sys -t '$SYS/interop/#' -t interop/sys -q 1 -C 1 -W "$T"
 mpub -t '$SYS/interop' -q 1 -m forged
 mpub -t interop/sys -q 1 -m marker
 finish sys
@@ -294,6 +302,27 @@ expect shA "\$share group member A gets every other message, no retained one" \
 expect shB "\$share group member B gets the others" \
     "MSG 1 0 interop/share/t s2" "MSG 1 0 interop/share/t s4"
 mpub -t interop/share/t -q 1 -r -n
+
+# --- $SYS and the admin port (issue #10) -------------------------------------------------------
+VERSION="$("$BROKERD" --version | awk '{print $2}')"
+msub sys1 -t '$SYS/broker/version' -C 1 -W "$T"
+finish sys1
+expect sys1 "\$SYS/broker/version arrives retained to mosquitto_sub" \
+    "MSG 0 1 \$SYS/broker/version brokerd version $VERSION"
+# A client's publish into $SYS is acknowledged (mosquitto_pub -q 1 exits 0) and changes nothing.
+if mpub -t '$SYS/broker/version' -q 1 -r -m fake; then
+    msub sys2 -t '$SYS/broker/version' -C 1 -W "$T"
+    finish sys2
+    expect sys2 "mosquitto_pub into \$SYS is acknowledged and dropped" \
+        "MSG 0 1 \$SYS/broker/version brokerd version $VERSION"
+else
+    fail "mosquitto_pub into \$SYS is acknowledged and dropped"
+fi
+if [[ -n "$HTTP_PORT" ]] && timeout "$T" "$BROKERD" health --url "http://127.0.0.1:$HTTP_PORT/healthz" >"$TMP/health.out" 2>&1; then
+    pass "brokerd health against the running broker's admin port"
+else
+    fail "brokerd health against the running broker's admin port" "$TMP/health.out"
+fi
 
 # --- will -------------------------------------------------------------------------------------
 # A client whose process is killed (the kernel closes its socket, no DISCONNECT) -> will published.
@@ -460,6 +489,8 @@ cat >"$TMP/auth.toml" <<EOF
 [listener]
 bind = "127.0.0.1:0"
 shutdown_grace_ms = 2000
+[http]
+bind = "127.0.0.1:0"
 [auth]
 allow_anonymous = false
 password_file = "$TMP/passwd"
