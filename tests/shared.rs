@@ -431,3 +431,43 @@ fn acl_checks_the_filter_part_of_a_shared_subscription() {
         (1, false, "jobs/1", &b"job"[..])
     );
 }
+
+/// issue #12 items 2 and 3 (least_inflight): a member that acknowledges nothing fills its
+/// window and queue (2 + 10) at most and is then skipped, the rest goes to the member with room and
+/// nothing is dropped; when the stuck member's socket closes, its backlog reaches the other:
+/// all 50, once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_inflight_skips_a_full_member_and_loses_nothing() {
+    const N: usize = 50;
+    let b = BrokerProc::start(
+        "[limits]\nmax_inflight = 2\nmax_queued_messages = 10\n\
+         [shared_subscriptions]\nstrategy = \"least_inflight\"\n",
+    );
+    let (stuck, stop, stuck_seen) = raw_member_never_acking(b.addr, "li-stuck", "$share/g/li/#");
+    let live = member(b.addr, "li-live", "$share/g/li/#").await;
+    let mut publ = connect(b.addr, "li-pub").await;
+    let msgs: Vec<(String, String)> = (0..N).map(|i| ("li/t".into(), i.to_string())).collect();
+    let got = tokio::spawn(collect(vec![live], N, Duration::from_millis(300)));
+    // A few at a time, so the live member (same small limits) always has room.
+    for chunk in msgs.chunks(4) {
+        publish_all(&mut publ, chunk).await;
+    }
+    eventually("the stuck member got its window", || {
+        !stuck_seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stuck.join().expect("stuck thread");
+    let got = got.await.expect("collector");
+    let mut payloads: Vec<usize> = got[0].iter().map(|(_, p)| p.parse().expect("n")).collect();
+    payloads.sort_unstable();
+    assert_eq!(
+        payloads,
+        (0..N).collect::<Vec<_>>(),
+        "all, once each, at the live member"
+    );
+    assert!(
+        !b.log().contains("subscriber queue full"),
+        "nothing dropped"
+    );
+}
