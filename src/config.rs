@@ -51,6 +51,7 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     pub http: HttpConfig,
     pub sys: SysConfig,
+    pub websocket: WebsocketConfig,
 }
 
 /// `[listener]`: where to accept MQTT connections.
@@ -187,6 +188,20 @@ pub struct TlsConfig {
     /// The client certificate's subject CN is the MQTT username, and the CONNECT's username and
     /// password are not used for authentication (Mosquitto's `use_identity_as_username`).
     pub use_identity_as_username: bool,
+}
+
+/// `[websocket]`: a listener for MQTT over WebSocket (RFC 6455), off unless `enabled`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebsocketConfig {
+    pub enabled: bool,
+    /// Address and port of the WebSocket listener; port 0 picks a free port (printed as
+    /// `listening ws on ADDR`).
+    pub bind: String,
+    /// The only HTTP path upgraded (others get 404).
+    pub path: String,
+    /// Addresses or CIDR networks whose `X-Forwarded-For` header is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[http]`: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; see
@@ -355,6 +370,17 @@ impl Default for TlsConfig {
     }
 }
 
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig {
+            enabled: false,
+            bind: "127.0.0.1:8083".into(),
+            path: "/mqtt".into(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -474,6 +500,7 @@ impl Config {
         if self.http.bind.parse::<SocketAddr>().is_err() {
             bad("http.bind", "must be an IP:port such as \"127.0.0.1:8081\"");
         }
+        self.websocket.validate(&mut bad);
         if self
             .log
             .level
@@ -497,6 +524,14 @@ impl Config {
         self.tls.bind.parse().expect("validate() checked tls.bind")
     }
 
+    /// The WebSocket listener address (validated).
+    pub fn ws_bind_addr(&self) -> SocketAddr {
+        self.websocket
+            .bind
+            .parse()
+            .expect("validate() checked websocket.bind")
+    }
+
     /// The admin HTTP address (validated).
     pub fn http_bind_addr(&self) -> SocketAddr {
         self.http
@@ -514,14 +549,49 @@ impl Config {
     }
 
     /// Every address an MQTT listener binds (each listener kind adds its own), for rules over
-    /// all of them such as the anonymous rule of `[auth]`: `[listener] bind`, and `[tls] bind`
-    /// when TLS is enabled.
+    /// all of them such as the anonymous rule of `[auth]`: `[listener] bind`, `[tls] bind`
+    /// when TLS is enabled, and `[websocket] bind` when WebSocket is.
     pub fn listener_addrs(&self) -> Vec<SocketAddr> {
         let mut addrs = vec![self.bind_addr()];
         if self.tls.enabled {
             addrs.push(self.tls_bind_addr());
         }
+        if self.websocket.enabled {
+            addrs.push(self.ws_bind_addr());
+        }
         addrs
+    }
+}
+
+impl WebsocketConfig {
+    /// The `[websocket]` problems, each reported through `bad(key, why)` (checked when
+    /// disabled too: `enabled = true` must not reveal a typo later).
+    fn validate(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.bind.parse::<SocketAddr>().is_err() {
+            bad(
+                "websocket.bind",
+                "must be an IP:port such as \"127.0.0.1:8083\"",
+            );
+        }
+        let path_ok = self.path.starts_with('/')
+            && self.path.len() <= 1024
+            && self.path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            bad(
+                "websocket.path",
+                "must start with '/' and be printable ASCII without spaces (at most 1024 bytes)",
+            );
+        }
+        if self
+            .trusted_proxies
+            .iter()
+            .any(|p| crate::cidr::IpNet::parse(p).is_none())
+        {
+            bad(
+                "websocket.trusted_proxies",
+                "each entry must be an IP address or a CIDR network such as \"10.0.0.0/8\"",
+            );
+        }
     }
 }
 
@@ -607,6 +677,36 @@ mod tests {
         ] {
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    /// issue #10 item 1: `[websocket]` keys are checked, every problem named; the WebSocket
+    /// bind joins the anonymous rule's listener addresses only when enabled.
+    #[test]
+    fn websocket_keys_are_checked() {
+        let err = Config::parse(
+            "[websocket]\nbind = \"nope\"\npath = \"mqtt\"\ntrusted_proxies = [\"10.0.0.0/99\"]\n",
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "websocket.bind",
+            "websocket.path",
+            "websocket.trusted_proxies",
+        ] {
+            assert!(err.contains(key), "{key} missing: {err}");
+        }
+        let off = Config::parse("[websocket]\nbind = \"0.0.0.0:8083\"\n", Path::new("x")).unwrap();
+        assert_eq!(off.listener_addrs().len(), 1);
+        let on = Config::parse(
+            "[websocket]\nenabled = true\nbind = \"0.0.0.0:8083\"\ntrusted_proxies = [\"127.0.0.1\", \"fd00::/8\"]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            on.listener_addrs(),
+            vec![on.bind_addr(), "0.0.0.0:8083".parse().unwrap()]
+        );
     }
 
     /// issue #9 item 3: an enabled `[tls]` without what it needs is refused, every problem named.

@@ -9,12 +9,13 @@
 //! | L0 | `error`, `config` (`bridge`), `topic`, `message` | typed errors, the TOML schema (with `[[bridge]]` and Mosquitto's bridge `topic` lines), validated topic names/filters, the shared `Message` |
 //! | L0 | `auth` (`passwd`, `acl`) | Mosquitto password and ACL files as one immutable `Auth`; the anonymous rule |
 //! | L0 | `limits` (`bucket`, `accept`, `publish`, `log_fold`) | limits under attack: accept rates and connections per source address, a client's publish rate, folding connection log lines |
+//! | L0 | `cidr` | IP networks as configuration values (`[websocket] trusted_proxies`) |
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
-//! | L1 | `transport` (`tcp`, `tls`, `tls_client`) | one `Transport` under the session loop: plain TCP, and TLS (rustls) with its reloadable certificate; the client side of TLS for bridges |
+//! | L1 | `transport` (`tcp`, `tls`, `tls_client`, `ws`) | one `Transport` under the session loop: plain TCP, TLS (rustls) with its reloadable certificate, and WebSocket (RFC 6455 framing in place in the session's buffers, the HTTP upgrade, `X-Forwarded-For` from trusted proxies); the client side of TLS for bridges |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
 //! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`, `shared`, `dead_letter`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes; share groups (`$share/...`) and their strategies in their own trie; the bounded dead-letter path (`$DLQ/...`) |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
-//! | L4 | `server` | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate |
+//! | L4 | `server` (`ws`) | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate; a WebSocket connection's start (upgrade, forwarded address, admission) |
 //! | L0 | `admin::metrics` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text |
 //! | L4 | `admin` (`http`, `status`, `sys`) | the admin HTTP port (`/healthz`, `/readyz`, `/metrics`, the status page; `probe` behind `brokerd health`) and the `$SYS` publisher, a client of the broker |
 //! | L4 | `bridge` (`link`, `wire`) | bridges to upstream brokers: one task each, a client of the remote; its journal is its own persistent session `$bridge/NAME` |
@@ -50,6 +51,7 @@ mod auth;
 pub mod bench_api;
 mod bridge;
 mod broker;
+mod cidr;
 pub mod config;
 mod error;
 mod limits;
@@ -116,6 +118,8 @@ pub struct Listening {
     pub tls: Option<SocketAddr>,
     /// The admin HTTP port (`[http] bind`), when `[http] enabled`.
     pub http: Option<SocketAddr>,
+    /// The WebSocket listener (`[websocket] bind`), when `[websocket] enabled`.
+    pub ws: Option<SocketAddr>,
 }
 
 /// Asks a running broker to reload what it can without a restart. Clone it into a signal
@@ -218,7 +222,7 @@ pub fn set_password(
 }
 
 /// Runs the broker until `shutdown` resolves: binds `config.listener.bind` (and `config.tls.bind`
-/// when TLS is enabled), calls `ready` with the bound addresses once connections are accepted,
+/// when TLS is enabled, `config.websocket.bind` when WebSocket is), calls `ready` with the bound addresses once connections are accepted,
 /// reloads what it can each time `reload` asks, and on shutdown stops accepting, closes every
 /// connection (their wills are published) and waits at most `listener.shutdown_grace_ms` for
 /// them.
@@ -265,6 +269,18 @@ pub async fn run(
             Some((listener, local, acceptor))
         }
         None => None,
+    };
+    let ws_listener = if config.websocket.enabled {
+        let addr = config.ws_bind_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| Error::Bind { addr, error })?;
+        let local = listener
+            .local_addr()
+            .map_err(|error| Error::Bind { addr, error })?;
+        Some((listener, local))
+    } else {
+        None
     };
     let closing = CancellationToken::new();
     let metrics = Arc::new(admin::metrics::Metrics::new());
@@ -372,6 +388,25 @@ pub async fn run(
         }
         None => None,
     };
+    let ws_local = match ws_listener {
+        Some((listener, addr)) => {
+            info!(%addr, path = %config.websocket.path, "listening (websocket)");
+            let acceptor =
+                transport::WsAcceptor::new(&config.websocket, config.limits.max_packet_size);
+            let accept = server::accept_loop(
+                listener,
+                server::Kind::Ws(acceptor),
+                ctx.clone(),
+                admission.clone(),
+                closing.clone(),
+                token.clone(),
+                tracker.clone(),
+            );
+            tracker.spawn(accept);
+            Some(addr)
+        }
+        None => None,
+    };
     if let Some(a) = &admin {
         a.admin.set_ready(admin::Sources {
             broker: broker.clone(),
@@ -390,6 +425,7 @@ pub async fn run(
         mqtt: local,
         tls: tls_local,
         http: admin.as_ref().map(|a| a.addr),
+        ws: ws_local,
     });
     let accept = server::accept_loop(
         listener,

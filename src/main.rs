@@ -163,11 +163,17 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             if let Some(http) = at.http {
                 let _ = writeln!(out, "listening http on {http}");
             }
+            if let Some(ws) = at.ws {
+                let _ = writeln!(out, "listening ws on {ws}");
+            }
             let _ = out.flush();
             // Every listener is bound and the store is loaded: `run` calls this only then.
             let mut status = format!("listening on {}", at.mqtt);
             if let Some(tls) = at.tls {
                 status.push_str(&format!(", tls on {tls}"));
+            }
+            if let Some(ws) = at.ws {
+                status.push_str(&format!(", ws on {ws}"));
             }
             notify(
                 &notifier,

@@ -2,8 +2,11 @@
 //! its own task. Invariants: at most `max_connections` connection tasks exist over all listeners
 //! (a permit of one shared semaphore moves into each task); one accept gate (`limits::accept`),
 //! shared by every listener, refuses a source over its rate or connection limits by closing the
-//! socket at once, before any TLS handshake; a failing `accept` backs off instead of spinning;
-//! on shutdown no new connection is accepted.
+//! socket at once, before any TLS handshake (a WebSocket connection from a trusted proxy is
+//! admitted after its handshake, by the forwarded address: `server::ws`); a failing `accept`
+//! backs off instead of spinning; on shutdown no new connection is accepted.
+
+mod ws;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,12 +24,13 @@ use crate::config::LimitsConfig;
 use crate::limits::accept::{AcceptGate, Admitted, Refusal};
 use crate::limits::log_fold::{folded, Kind as LogKind};
 use crate::session::{run_connection, run_tls_connection, ConnContext};
-use crate::transport::TlsAcceptor;
+use crate::transport::{TlsAcceptor, WsAcceptor};
 
 /// What a listener speaks.
 pub(crate) enum Kind {
     Plain,
     Tls(TlsAcceptor),
+    Ws(WsAcceptor),
 }
 
 /// The limits every listener shares, so that a client gains nothing by using both:
@@ -86,6 +90,32 @@ impl Admission {
             .unwrap_or_else(PoisonError::into_inner)
             .admit(ip)
     }
+
+    /// Admits `ip` or logs (folded) and counts the refusal; `peer` is what the log shows.
+    fn admit_logged(
+        &self,
+        ip: IpAddr,
+        peer: &dyn std::fmt::Display,
+        ctx: &ConnContext,
+    ) -> Result<Admitted, Refusal> {
+        self.admit(ip).inspect_err(|why| {
+            let refused_total = ctx.limits.note_refused(*why);
+            ctx.metrics.refused(match why {
+                Refusal::ConnectionsPerIp => Refused::MaxConnectionsPerIp,
+                Refusal::RatePerIp => Refused::MaxAcceptRatePerIp,
+                Refusal::Rate => Refused::MaxAcceptRate,
+            });
+            folded!(
+                ctx.limits.log,
+                LogKind::Refused,
+                warn,
+                %peer,
+                limit = %why.key(),
+                refused_total,
+                "connection refused at accept: limit reached"
+            );
+        })
+    }
 }
 
 /// Accepts until `closing` is cancelled; connections end when `shutdown` is.
@@ -120,27 +150,16 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match admission.admit(peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(why) => {
-                let refused_total = ctx.limits.note_refused(why);
-                ctx.metrics.refused(match why {
-                    Refusal::ConnectionsPerIp => Refused::MaxConnectionsPerIp,
-                    Refusal::RatePerIp => Refused::MaxAcceptRatePerIp,
-                    Refusal::Rate => Refused::MaxAcceptRate,
-                });
-                folded!(
-                    ctx.limits.log,
-                    LogKind::Refused,
-                    warn,
-                    %peer,
-                    limit = %why.key(),
-                    refused_total,
-                    "connection refused at accept: limit reached"
-                );
+        // A trusted proxy's WebSocket connections count against the address it forwards,
+        // known after the handshake.
+        let deferred = matches!(&kind, Kind::Ws(ws) if ws.is_trusted(peer.ip()));
+        let admitted = if deferred {
+            None
+        } else {
+            match admission.admit_logged(peer.ip(), &peer, &ctx) {
+                Ok(admitted) => Some(admitted),
                 // Closed at once: nothing is read from it, no task is spawned for it.
-                drop(stream);
-                continue;
+                Err(_) => continue,
             }
         };
         let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
@@ -182,6 +201,15 @@ pub(crate) async fn accept_loop(
                     }
                     .instrument(span),
                 );
+            }
+            Kind::Ws(acceptor) => {
+                // Not instrumented here: `ws::serve` logs under the client's address, which
+                // behind a trusted proxy is known after the handshake.
+                let (acceptor, admission) = (acceptor.clone(), admission.clone());
+                tracker.spawn(async move {
+                    ws::serve(stream, peer, acceptor, admitted, admission, ctx, token).await;
+                    drop(permit);
+                });
             }
         }
     }

@@ -329,7 +329,8 @@ mod tests {
                 "listener.bind",
                 "persistence.enabled",
                 "persistence.path",
-                "tls.bind"
+                "tls.bind",
+                "websocket.bind"
             ]
         );
     }

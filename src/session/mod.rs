@@ -11,7 +11,7 @@ mod start;
 mod will;
 
 pub(crate) use authorize::Authorizer;
-pub(crate) use start::{run_connection, run_tls_connection};
+pub(crate) use start::{run_connection, run_tls_connection, run_upgraded};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -753,10 +753,18 @@ impl<T: Transport> Connection<T> {
                     "disconnected: protocol violation"
                 )
             }
+            // Refused WebSocket frames break a rule (RFC 6455), like a malformed packet.
+            DisconnectReason::Io(e)
+                if e.get_ref()
+                    .is_some_and(|e| e.is::<crate::transport::ws::Refused>()) =>
+            {
+                folded!(log, Kind::ProtocolError, warn, error = %e, "disconnected: protocol violation")
+            }
             DisconnectReason::Io(e) => {
                 folded!(log, Kind::Disconnected, info, error = %e, "disconnected: socket error")
             }
             other => folded!(log, Kind::Disconnected, info, reason = ?other, "disconnected"),
         }
+        self.io.transport.close().await;
     }
 }

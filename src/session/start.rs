@@ -79,6 +79,19 @@ pub(crate) async fn run_tls_connection(
     serve(transport, peer, identity, deadline, ctx, shutdown).await;
 }
 
+/// Serves a connection whose transport a listener already set up (a WebSocket after its
+/// upgrade): the same CONNECT phase and session loop, by `deadline`. `peer` is the client's
+/// address (behind a trusted proxy, the forwarded one).
+pub(crate) fn run_upgraded<T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    deadline: Instant,
+    ctx: Arc<ConnContext>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send {
+    serve(transport, peer, None, deadline, ctx, shutdown)
+}
+
 /// One connection over any transport: CONNECT (by `deadline`), the session loop, the end.
 /// `peer` is the client's address (the login's refusal delay counts per address).
 /// Not an `async fn`: the CONNECT phase (which owns the transport until the client is

@@ -1,4 +1,4 @@
-//! The byte streams under the session loop: plain TCP and TLS behind one `Transport`.
+//! The byte streams under the session loop: plain TCP, TLS and WebSocket behind one `Transport`.
 //! L1: tokio, rustls and L0 only; nothing above it. Invariants: only `ready` waits, every other
 //! call returns at once (`WouldBlock` when it can do nothing now); a transport never holds a
 //! whole MQTT packet of its own, it only moves bytes into and out of the session's buffers;
@@ -7,6 +7,7 @@
 pub(crate) mod tcp;
 pub(crate) mod tls;
 pub(crate) mod tls_client;
+pub(crate) mod ws;
 
 use std::future::Future;
 use std::io;
@@ -17,6 +18,7 @@ use tokio::io::{Interest, Ready};
 pub(crate) use tcp::Tcp;
 pub(crate) use tls::{HandshakeError, TlsAcceptor};
 pub(crate) use tls_client::TlsClient;
+pub(crate) use ws::WsAcceptor;
 
 /// Who the transport says the client is, handed to the CONNECT phase. Only a TLS listener with
 /// `use_identity_as_username` produces one; elsewhere the CONNECT's credentials decide.
@@ -53,4 +55,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// Whether bytes taken by `try_write` (or produced by the transport, such as a TLS alert)
     /// still wait to go out on the socket.
     fn has_buffered_output(&self) -> bool;
+
+    /// Ends the stream as its protocol asks, bounded in time, after the session is over (the
+    /// socket closes when the transport is dropped). Nothing for TCP and TLS; a WebSocket whose
+    /// close frame was sent waits briefly for the client's end, so that the close frame is not
+    /// lost to a reset.
+    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
 }

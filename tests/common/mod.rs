@@ -23,6 +23,8 @@ pub struct BrokerProc {
     pub tls_addr: Option<SocketAddr>,
     /// The admin HTTP port (`listening http on ADDR`); 127.0.0.1:0 unless the test sets [http].
     pub http_addr: Option<SocketAddr>,
+    /// The WebSocket listener (`listening ws on ADDR`), when the config enables `[websocket]`.
+    pub ws_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -64,6 +66,7 @@ impl BrokerProc {
         let parsed = brokerd::Config::parse(&config_text, &config_path).ok();
         let tls = parsed.as_ref().is_some_and(|c| c.tls.enabled);
         let http = parsed.as_ref().is_some_and(|c| c.http.enabled);
+        let ws = parsed.as_ref().is_some_and(|c| c.websocket.enabled);
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_brokerd"));
@@ -113,11 +116,19 @@ impl BrokerProc {
                 .parse()
                 .expect("HTTP address")
         });
+        let ws_addr = ws.then(|| {
+            let line = next_line("listening ws on");
+            line.strip_prefix("listening ws on ")
+                .unwrap_or_else(|| panic!("unexpected stdout line {line:?}"))
+                .parse()
+                .expect("WebSocket address")
+        });
         BrokerProc {
             child,
             addr,
             tls_addr,
             http_addr,
+            ws_addr,
             dir,
             config_path,
             stderr_path,

@@ -19,7 +19,9 @@ Subcommands (every wait is bounded by --timeout; output lines are flushed at onc
         or a wait exceeds --max-latency seconds.
 
 With --cafile (and --certfile/--keyfile for a client certificate) every subcommand connects
-over TLS (paho's tls_set), to the TLS listener given by --port.
+over TLS (paho's tls_set), to the TLS listener given by --port. With --websocket PATH it
+connects over WebSocket (paho's transport="websockets", ws_set_options(path=PATH)), to the
+WebSocket listener given by --port.
 """
 
 import argparse
@@ -47,7 +49,10 @@ def make_client(args, client_id, clean_session=True):
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
+        transport="websockets" if args.websocket else "tcp",
     )
+    if args.websocket:
+        client.ws_set_options(path=args.websocket)
     if args.cafile:
         client.tls_set(ca_certs=args.cafile, certfile=args.certfile, keyfile=args.keyfile)
     if args.username is not None:
@@ -227,6 +232,7 @@ def main():
     p.add_argument("--cafile", help="connect over TLS, trusting this CA (PEM)")
     p.add_argument("--certfile", help="TLS client certificate (PEM), with --cafile")
     p.add_argument("--keyfile", help="TLS client key (PEM), with --cafile")
+    p.add_argument("--websocket", metavar="PATH", help="connect over WebSocket to this path")
     p.add_argument("--username", default=None)
     p.add_argument("--password", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
