@@ -156,6 +156,7 @@ pub(crate) async fn run(src: Sources, interval: Duration, token: CancellationTok
                 qos: QoS::AtMostOnce,
                 retain: true,
                 origin: 0,
+                from: None,
             }));
         }
     }
