@@ -38,6 +38,13 @@ SCENARIOS = {
     "fanout_q1": ("fanout QoS 1 (1 pub -> 16 sub)", FLOW),
     "pairs_q0": ("pairs QoS 0 (8 x 1 -> 1)", FLOW),
     "pairs_q1": ("pairs QoS 1 (8 x 1 -> 1)", FLOW),
+    "shared1_q0": ("shared QoS 0 (8 pub -> group of 1)", FLOW),
+    "shared4_q0": ("shared QoS 0 (8 pub -> group of 4)", FLOW),
+    "shared16_q0": ("shared QoS 0 (8 pub -> group of 16)", FLOW),
+    "shared1_q1": ("shared QoS 1 (8 pub -> group of 1)", FLOW),
+    "shared4_q1": ("shared QoS 1 (8 pub -> group of 4)", FLOW),
+    "shared16_q1": ("shared QoS 1 (8 pub -> group of 16)", FLOW),
+    "shared4_keyed_q1": ("shared QoS 1 keyed (16 pub -> hash_topic group of 4)", FLOW),
     "latency_1k": ("latency QoS 0, 1k msg/s", LAT),
     "latency_10k": ("latency QoS 0, 10k msg/s", LAT),
     "conns": (
@@ -54,7 +61,9 @@ SCENARIOS = {
 }
 GEN_NOTE = ("(1) generator load: pinned = busy % of CPU 1 (incl. softirq and any other process on it), "
             "unpinned = the generator process's CPU % (100 = one core); near 100 the generator, not the broker, may be the limit")
-THROUGHPUT = {"fanin_q0", "fanin_q1", "fanout_q0", "fanout_q1", "pairs_q0", "pairs_q1"}
+THROUGHPUT = {"fanin_q0", "fanin_q1", "fanout_q0", "fanout_q1", "pairs_q0", "pairs_q1",
+              "shared1_q0", "shared4_q0", "shared16_q0", "shared1_q1", "shared4_q1", "shared16_q1",
+              "shared4_keyed_q1"}
 
 
 def freeport():

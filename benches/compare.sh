@@ -11,7 +11,12 @@
 #   --reps N     repetitions (default 3; 1 with --quick); figures are medians
 #   --conns N    idle connections for `conns` (default 10000; capped by the fd hard limit)
 #   --only IDS   run only these scenario ids, comma-separated (fanin_q0 fanin_q1 fanout_q0
-#                fanout_q1 pairs_q0 pairs_q1 latency_1k latency_10k conns retained)
+#                fanout_q1 pairs_q0 pairs_q1 shared1_q0 shared4_q0 shared16_q0 shared1_q1
+#                shared4_q1 shared16_q1 shared4_keyed_q1 latency_1k latency_10k conns retained)
+#   Shared: 8 publishers -> one share group ($share/bench/bench/shared/+) of 1, 4 or 16
+#   members, checked exactly once across the group; brokerd round robin (Mosquitto's only
+#   strategy). shared4_keyed_q1: brokerd's group "keyed" is hash_topic and every publisher's
+#   topic must stay on one member, in order (Mosquitto has no such strategy: its row fails).
 #   --no-build   do not run cargo build first
 #   Environment: MOSQUITTO, RUMQTTD = broker binaries (default: from PATH / ~/.cargo/bin)
 #
@@ -145,7 +150,7 @@ if [ "$QUICK" = 1 ]; then
     LAT="--duration-s 2 --warmup-s 0.5"
     if [ "$CONNS" -gt 2000 ]; then CONNS=2000; CONNS_NOTE="conns: 2000 connections (--quick)"; fi
     HOLD=1
-    SKIPPED="--quick skipped: fanout QoS 1, pairs QoS 0, latency at 10k msg/s; runs 2 s (+0.5 s warm-up), 1 repetition, $CONNS connections"
+    SKIPPED="--quick skipped: fanout QoS 1, pairs QoS 0, shared QoS 0 with 1 and 16 members, shared keyed, latency at 10k msg/s; runs 2 s (+0.5 s warm-up), 1 repetition, $CONNS connections"
 else
     REPS=${REPS:-3}
     TP="--duration-s 3 --warmup-s 1"
@@ -163,6 +168,13 @@ SCENARIOS=(
     "fanout_q1|generous|60|fanout --qos 1 $QOS1_FLAGS $TP"
     "pairs_q0|generous|60|pairs --qos 0 $QOS0_FLAGS $TP"
     "pairs_q1|generous|60|pairs --qos 1 $QOS1_FLAGS $TP"
+    "shared1_q0|generous|60|shared --members 1 --qos 0 $QOS0_FLAGS $TP"
+    "shared4_q0|generous|60|shared --members 4 --qos 0 $QOS0_FLAGS $TP"
+    "shared16_q0|generous|60|shared --members 16 --qos 0 $QOS0_FLAGS $TP"
+    "shared1_q1|generous|60|shared --members 1 --qos 1 $QOS1_FLAGS $TP"
+    "shared4_q1|generous|60|shared --members 4 --qos 1 $QOS1_FLAGS $TP"
+    "shared16_q1|generous|60|shared --members 16 --qos 1 $QOS1_FLAGS $TP"
+    "shared4_keyed_q1|generous|60|shared --members 4 --publishers 16 --group keyed --keyed --qos 1 $QOS1_FLAGS $TP"
     "latency_1k|default|60|latency --qos 0 --rate 1000 $LAT"
     "latency_10k|default|60|latency --qos 0 --rate 10000 $LAT"
     "conns|default|240|conns --conns $CONNS --hold-s $HOLD --per-ip 1000 --concurrency 64"
@@ -171,7 +183,7 @@ SCENARIOS=(
 if [ "$QUICK" = 1 ]; then
     keep=()
     for s in "${SCENARIOS[@]}"; do
-        case "${s%%|*}" in fanout_q1|pairs_q0|latency_10k) ;; *) keep+=("$s") ;; esac
+        case "${s%%|*}" in fanout_q1|pairs_q0|latency_10k|shared1_q0|shared16_q0|shared4_keyed_q1) ;; *) keep+=("$s") ;; esac
     done
     SCENARIOS=("${keep[@]}")
 fi
@@ -240,6 +252,7 @@ start_broker() {
                     printf '[limits]\nmax_inflight = 1000\nmax_queued_messages = 100000\nmax_queued_bytes = 0\n'
                 fi
                 printf '[log]\nlevel = "warn"\n'
+                printf '[shared_subscriptions.groups]\nkeyed = "hash_topic"\n'
             } >"$cfg"
             "${pin[@]}" "$BROKERD" --config "$cfg" >"$lp.out" 2>"$lp.err" </dev/null &
             BPID=$!

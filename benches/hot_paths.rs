@@ -123,6 +123,29 @@ fn routing(c: &mut Criterion) {
             })
         });
     }
+    // Issue #12: the same publish to a share group ($share/g/site/+/dev/+/temp) of 1 and 16
+    // members (round robin): one member receives it, so compare with to_1_subscribers.
+    for members in [1usize, 16] {
+        let router = Router::new(members, "$share/g/site/+/dev/+/temp", 128);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("to_group_of_{members}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let round = left.min(100);
+                    let start = std::time::Instant::now();
+                    for _ in 0..round {
+                        router.publish(&topic, &payload);
+                    }
+                    total += start.elapsed();
+                    router.drain();
+                    left -= round;
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 

@@ -128,6 +128,7 @@ impl Router {
             payload: payload.clone(),
             qos: QoS::AtMostOnce,
             retain: false,
+            from: None,
             origin: 0,
         }));
     }

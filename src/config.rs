@@ -44,6 +44,8 @@ pub struct Config {
     pub persistence: PersistenceConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    pub shared_subscriptions: SharedConfig,
+    pub dead_letter: DeadLetterConfig,
     /// `[[bridge]]` tables (issue #11), none by default.
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeConfig>,
@@ -256,6 +258,58 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a share group picks the member that receives a message (`[shared_subscriptions]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareStrategy {
+    /// Each member in turn (Mosquitto's way).
+    #[default]
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// The online member with the fewest messages in flight and queued, skipping full ones.
+    LeastInflight,
+    /// Rendezvous hash of the topic: one topic, one member, in order.
+    HashTopic,
+    /// Rendezvous hash of the publisher's client id: one publisher, one member, in order.
+    HashClient,
+}
+
+/// `[shared_subscriptions]`: `$share/{group}/{filter}` subscriptions.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedConfig {
+    /// The strategy of every group not named in `groups`.
+    pub strategy: ShareStrategy,
+    /// Per-group overrides: `[shared_subscriptions.groups] NAME = "hash_topic"`.
+    pub groups: std::collections::BTreeMap<String, ShareStrategy>,
+}
+
+/// `[dead_letter]`: what the broker drops for a subscriber, republished on
+/// `$DLQ/{reason}/{client_id}/{topic}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    pub enabled: bool,
+    /// QoS cap of a dead letter (0..=2).
+    pub max_qos: u8,
+    /// Dead letters waiting to be published; beyond this they are counted and dropped.
+    pub max_queued_messages: usize,
+    /// Payload bytes of the dead letters waiting to be published (0 = no byte bound).
+    pub max_queued_bytes: usize,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            enabled: false,
+            max_qos: 1,
+            max_queued_messages: 1_000,
+            max_queued_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
@@ -420,6 +474,20 @@ impl Config {
             bad("persistence.flush_interval_ms", "must be at least 1");
         }
         self.tls.validate(&mut bad);
+        for group in self.shared_subscriptions.groups.keys() {
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                bad(
+                    "shared_subscriptions.groups",
+                    "a group name is one non-empty level without '/', '+' or '#'",
+                );
+            }
+        }
+        if self.dead_letter.max_qos > 2 {
+            bad("dead_letter.max_qos", "must be 0, 1 or 2");
+        }
+        if self.dead_letter.max_queued_messages == 0 {
+            bad("dead_letter.max_queued_messages", "must be at least 1");
+        }
         for (i, b) in self.bridges.iter().enumerate() {
             b.validate(i, &mut bad);
             if self.bridges[..i].iter().any(|o| o.name == b.name) {

@@ -13,7 +13,7 @@
 //! | L1 | `protocol::codec` | decoding client packets with every check mqttbytes lacks; encoding server packets |
 //! | L1 | `transport` (`tcp`, `tls`, `tls_client`, `ws`) | one `Transport` under the session loop: plain TCP, TLS (rustls) with its reloadable certificate, and WebSocket (RFC 6455 framing in place in the session's buffers, the HTTP upgrade, `X-Forwarded-For` from trusted proxies); the client side of TLS for bridges |
 //! | L1 | `store` (`dir`, `writer`, `sled_backend`, `legacy`, `data_dir`) | the data directory (lock, free space), the writer thread (group commit, atomic groups), the on-disk format |
-//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes |
+//! | L2 | `broker` (`trie`, `retained`, `registry`, `queue`, `budget`, `shared`, `dead_letter`) | sessions by client id, the subscription trie, retained messages, per-session bounded queues, the global budget of queued bytes; share groups (`$share/...`) and their strategies in their own trie; the bounded dead-letter path (`$DLQ/...`) |
 //! | L3 | `session` | one connection: CONNECT, login and ACL checks (`authorize`), the session loop, keep-alive, will, takeover |
 //! | L4 | `server` (`ws`) | the accept loops (one per listener) and the admission they share: `max_connections` and the accept gate; a WebSocket connection's start (upgrade, forwarded address, admission) |
 //! | L0 | `admin::metrics`, `admin::bridges` | counters every layer bumps (striped relaxed atomics on the message path), the flush histogram, the Prometheus text; the bridges' figures (`brokerd_bridge_*`, their status-page table) |
@@ -297,6 +297,9 @@ pub async fn run(
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(task) = broker.dead_letter_task(token.clone().cancelled_owned()) {
+        tracker.spawn(task);
+    }
     {
         // [MQTT-3.1.2-24] one sweep for every connection's keep-alive, instead of a timer each.
         let (broker, token) = (broker.clone(), token.clone());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 pub(crate) use mqttbytes::QoS;
 
-use crate::topic::TopicName;
+use crate::topic::{ClientId, TopicName};
 
 /// One published application message. Built once per inbound PUBLISH (or will).
 #[derive(Debug, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub(crate) struct Message {
     pub(crate) qos: QoS,
     /// The RETAIN flag it was published with.
     pub(crate) retain: bool,
+    /// The publisher's client id, for share groups that hash on it (`hash_client`); `None`
+    /// for messages without a publishing client (loaded from disk, dead letters).
+    pub(crate) from: Option<ClientId>,
     /// The `Session::uid` of the bridge it came in through, 0 for any other publisher: it is
     /// never delivered back to that session (bridge loop prevention, issue #11 item 3).
     pub(crate) origin: u64,

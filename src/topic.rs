@@ -23,7 +23,12 @@ pub(crate) enum TopicError {
     TooLong,
     #[error("[MQTT-1.5.3-2] U+0000 or a control character in a topic")]
     ControlChar,
+    #[error("[MQTT-4.8.2-1] a shared subscription is $share/{{group}}/{{filter}}: one non-empty group level without '+' or '#', then a non-empty filter")]
+    BadShare,
 }
+
+/// The prefix of a shared subscription's filter.
+pub(crate) const SHARE_PREFIX: &str = "$share/";
 
 /// A valid topic name: non-empty, no wildcards, at most 65,535 bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -117,7 +122,29 @@ impl TopicFilter {
                 _ => Prev::Other,
             };
         }
+        if let Some(rest) = s.strip_prefix(SHARE_PREFIX) {
+            // As Mosquitto and EMQX accept it from 3.1.1 clients (MQTT 5's [MQTT-4.8.2-1,-2]).
+            match rest.split_once('/') {
+                Some((group, filter))
+                    if !group.is_empty() && !filter.is_empty() && !group.contains(['+', '#']) => {}
+                _ => return Err(TopicError::BadShare),
+            }
+        }
         Ok(TopicFilter(Arc::from(s)))
+    }
+
+    /// For `$share/{group}/{filter}`: the group and the filter (valid, checked by `parse`).
+    pub(crate) fn share(&self) -> Option<(&str, &str)> {
+        self.0.strip_prefix(SHARE_PREFIX)?.split_once('/')
+    }
+
+    /// The filter a subscription matches topics with: `{filter}` of a shared subscription,
+    /// else the filter itself.
+    pub(crate) fn match_filter(&self) -> TopicFilter {
+        match self.share() {
+            Some((_, f)) => TopicFilter(Arc::from(f)),
+            None => self.clone(),
+        }
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -237,6 +264,42 @@ mod tests {
                 TopicFilter::parse(bad).is_err(),
                 "{bad:?} should be invalid"
             );
+        }
+    }
+
+    /// issue #12 item 1: `$share/{group}/{filter}` as Mosquitto and EMQX accept it: one
+    /// non-empty group level without wildcards, then a non-empty valid filter.
+    #[test]
+    fn shared_filter_validation() {
+        for (ok, group, filter) in [
+            ("$share/g/f", "g", "f"),
+            ("$share/g/a/+/#", "g", "a/+/#"),
+            ("$share/g/#", "g", "#"),
+            ("$share/g//x", "g", "/x"),
+            ("$share/g/$SYS/#", "g", "$SYS/#"),
+        ] {
+            let f = TopicFilter::parse(ok).expect(ok);
+            assert_eq!(f.share(), Some((group, filter)), "{ok}");
+            assert_eq!(f.match_filter().as_str(), filter);
+        }
+        for bad in [
+            "$share/",
+            "$share/g",
+            "$share/g/",
+            "$share//f",
+            "$share/+/f",
+            "$share/#",
+            "$share/g+/f",
+            "$share/g/a#",
+        ] {
+            assert!(
+                TopicFilter::parse(bad).is_err(),
+                "{bad:?} should be invalid"
+            );
+        }
+        // Not shared: `$share` alone, or another `$` prefix.
+        for plain in ["$share", "$shared/g/f", "$SYS/share/g/f"] {
+            assert_eq!(TopicFilter::parse(plain).expect(plain).share(), None);
         }
     }
 

@@ -181,6 +181,7 @@ fn publish(src: &Sources, tree: &mut SysTree) {
             qos: QoS::AtMostOnce,
             retain: true,
             origin: 0,
+            from: None,
         }));
     }
 }

@@ -189,6 +189,7 @@ impl Link {
                 qos: QoS::AtLeastOnce,
                 retain: true,
                 origin: 0,
+                from: None,
             }));
         }
     }
@@ -627,6 +628,7 @@ impl Link {
                 qos: p.qos,
                 retain: p.retain,
                 origin: self.session.uid,
+                from: None,
             }));
         };
         if local.is_none() {

@@ -4,10 +4,12 @@
 //! client and takes no global lock: per-node trie locks, then one short lock per subscriber.
 
 pub(crate) mod budget;
+pub(crate) mod dead_letter;
 pub(crate) mod figures;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod retained;
+pub(crate) mod shared;
 pub(crate) mod trie;
 
 use std::cell::RefCell;
@@ -24,9 +26,11 @@ use crate::message::{min_qos, qos_from_u8, Message, QoS, SharedMessage};
 use crate::store::{Op, Snapshot, Store, StoredMessage, StoredState};
 use crate::topic::{ClientId, TopicFilter, TopicName};
 use budget::QueueBudget;
+use dead_letter::{DeadLetters, Reason};
 use queue::{Bound, Delivery, InflightState, QueueFull, QueueLimits};
 use registry::{ConnCtl, ConnSlot, Kick, Offer, Session};
 use retained::RetainedTree;
+use shared::{Outcome, SharedSubs};
 use trie::SubscriptionTrie;
 
 /// Broker-wide counters (relaxed atomics; read for logs and tests).
@@ -81,6 +85,10 @@ struct Inner {
     stats: Stats,
     /// Durable state; a no-op handle when persistence is off.
     store: Store,
+    /// `$share/...` subscriptions, in their own trie (see shared.rs).
+    shared: SharedSubs,
+    /// Drops per reason, and the bounded dead-letter path.
+    dead: DeadLetters,
 }
 
 thread_local! {
@@ -109,6 +117,8 @@ impl Broker {
                 start: Instant::now(),
                 stats: Stats::default(),
                 store,
+                shared: SharedSubs::new(&config.shared_subscriptions),
+                dead: DeadLetters::new(&config.dead_letter),
             }),
         }
     }
@@ -147,6 +157,12 @@ impl Broker {
             dropped_over_fair_share = inner.stats.dropped_by[2].load(Ordering::Relaxed),
             dropped_max_queued_bytes_total = inner.stats.dropped_by[3].load(Ordering::Relaxed),
             denied = inner.stats.denied.load(Ordering::Relaxed),
+            share_groups = inner.shared.len(),
+            shared_handed_over = inner.shared.handed_over.load(Ordering::Relaxed),
+            shared_no_member = inner.shared.no_member.load(Ordering::Relaxed),
+            dropped_expired = inner.dead.count(Reason::Expired),
+            dead_letters_published = inner.dead.published.load(Ordering::Relaxed),
+            dead_letters_lost = inner.dead.lost.load(Ordering::Relaxed),
             "broker stopped"
         );
     }
@@ -180,6 +196,8 @@ impl Broker {
             ctl: ctl.clone(),
         };
         let mut discarded_subs = Vec::new();
+        let mut shared_backlog = Vec::new();
+        let mut old_session = None;
         let (session, session_present) = match self.inner.sessions.entry(client_id.clone()) {
             Entry::Occupied(mut e) => {
                 let old = e.get().clone();
@@ -189,6 +207,7 @@ impl Broker {
                 }
                 if clean || old.clean {
                     st.discarded = true;
+                    shared_backlog = self.take_shared_backlog(&old, &mut st);
                     st.out.discard_queue(&self.inner.limits);
                     discarded_subs.extend(st.subscriptions.drain().map(|(f, _)| f));
                     drop(st);
@@ -201,6 +220,7 @@ impl Broker {
                     let fresh = self.new_session(client_id, clean);
                     fresh.lock().conn = Some(slot);
                     e.insert(fresh.clone());
+                    old_session = Some(old.clone());
                     (fresh, false)
                 } else {
                     st.conn = Some(slot);
@@ -216,8 +236,9 @@ impl Broker {
                 (fresh, false)
             }
         };
-        for f in &discarded_subs {
-            self.inner.subs.unsubscribe(f, client_id);
+        if let Some(old) = &old_session {
+            self.unsubscribe_all(old, &discarded_subs);
+            self.redispatch(old, shared_backlog);
         }
         Attached {
             stored: stored || (!session_present && self.persisted(&session)),
@@ -267,6 +288,25 @@ impl Broker {
     /// ends with it; a persistent one stays to queue messages. A connection that was taken over
     /// no longer owns the session and changes nothing.
     pub(crate) fn detach(&self, session: &Arc<Session>, conn_id: u64) {
+        // Issue #12 item 3: first hand this member's backlog in each share group to the
+        // others (group lock, then session lock: never a group lock under a session lock).
+        let shared: Vec<TopicFilter> = {
+            let st = session.lock();
+            st.subscriptions
+                .keys()
+                .filter(|f| f.share().is_some())
+                .cloned()
+                .collect()
+        };
+        for f in &shared {
+            let lost = self
+                .inner
+                .shared
+                .hand_over(f, session, conn_id, session.clean, &self.ctx());
+            for (group, msg, qos, out) in lost {
+                self.note_lost(&group, &msg, qos, out);
+            }
+        }
         let mut st = session.lock();
         if st.conn.as_ref().map(|c| c.id) != Some(conn_id) {
             return;
@@ -277,9 +317,7 @@ impl Broker {
             st.out.discard_queue(&self.inner.limits);
             let subs: Vec<TopicFilter> = st.subscriptions.drain().map(|(f, _)| f).collect();
             drop(st);
-            for f in &subs {
-                self.inner.subs.unsubscribe(f, &session.client_id);
-            }
+            self.unsubscribe_all(session, &subs);
             self.inner
                 .sessions
                 .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
@@ -299,10 +337,13 @@ impl Broker {
             return false;
         }
         st.subscriptions.insert(filter.clone(), qos);
-        // Under the session lock, so a concurrent discard cannot miss this subscription.
-        self.inner
-            .subs
-            .subscribe(filter, &session.client_id, session.clone(), qos);
+        let shared = filter.share().is_some();
+        if !shared {
+            // Under the session lock, so a concurrent discard cannot miss this subscription.
+            self.inner
+                .subs
+                .subscribe(filter, &session.client_id, session.clone(), qos);
+        }
         if self.persisted(session) {
             self.inner.store.submit(Op::SubPut {
                 client: session.client_id.clone(),
@@ -310,20 +351,121 @@ impl Broker {
                 qos: qos as u8,
             });
         }
+        drop(st);
+        if shared {
+            // Outside the session lock (group, then session). A discard that raced this either
+            // saw the subscription above and leaves the group after us, or we see it here.
+            self.inner.shared.join(filter, session, qos);
+            if session.lock().discarded {
+                self.inner.shared.leave(filter, session);
+            }
+        }
         true
+    }
+
+    /// Removes `filters` of a discarded session from the trie and the share groups.
+    fn unsubscribe_all(&self, session: &Arc<Session>, filters: &[TopicFilter]) {
+        for f in filters {
+            if f.share().is_some() {
+                self.inner.shared.leave(f, session);
+            } else {
+                self.inner.subs.unsubscribe(f, &session.client_id);
+            }
+        }
+    }
+
+    /// What share groups need to queue a delivery.
+    fn ctx(&self) -> shared::Ctx<'_> {
+        shared::Ctx {
+            limits: &self.inner.limits,
+            queue_qos0_offline: self.inner.queue_qos0_offline,
+            store: &self.inner.store,
+        }
+    }
+
+    /// Takes the messages a discarded session holds for share groups (in flight, not yet
+    /// acknowledged at all, and queued), to offer them to the groups' other members.
+    fn take_shared_backlog(
+        &self,
+        _session: &Session,
+        st: &mut registry::SessionState,
+    ) -> Vec<queue::Delivery> {
+        st.out.take_shared(None, &self.inner.limits)
+    }
+
+    /// Offers a discarded session's shared backlog to the other members of each group.
+    fn redispatch(&self, from: &Arc<Session>, backlog: Vec<queue::Delivery>) {
+        let ctx = self.ctx();
+        for d in backlog {
+            if let (Some(group), Some(out)) = (
+                d.share.clone(),
+                self.inner.shared.redispatch(&d, from, &ctx),
+            ) {
+                self.note_lost(&group.name, &d.msg, d.qos, out);
+            }
+        }
+    }
+
+    /// Counts (and dead-letters) a message a share group could not place.
+    fn note_lost(&self, group: &Arc<str>, msg: &SharedMessage, qos: QoS, out: Outcome) {
+        match out {
+            Outcome::Queued => {}
+            Outcome::Full(full, session) => self.note_drop(&session, msg, qos, full),
+            Outcome::NoMember => {
+                self.inner.shared.no_member.fetch_add(1, Ordering::Relaxed);
+                self.inner.dead.note(Reason::NoMember, group, msg, qos);
+            }
+        }
+    }
+
+    /// The task that publishes dead letters (with `[dead_letter] enabled`); it ends when
+    /// `stop` resolves. `None` when dead letters are off.
+    pub(crate) fn dead_letter_task(
+        &self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if !self.inner.dead.enabled() {
+            return None;
+        }
+        let mut rx = self.inner.dead.take_receiver()?;
+        let weak = Arc::downgrade(&self.inner);
+        Some(async move {
+            tokio::pin!(stop);
+            loop {
+                let letter = tokio::select! {
+                    _ = &mut stop => return,
+                    l = rx.recv() => l,
+                };
+                let (Some(letter), Some(inner)) = (letter, weak.upgrade()) else {
+                    return;
+                };
+                let broker = Broker { inner };
+                if let Some(msg) = broker.inner.dead.letter_message(letter) {
+                    broker.publish(msg);
+                }
+            }
+        })
     }
 
     /// Removes a subscription; in-flight and queued messages still complete ([MQTT-3.10.4-3]).
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) {
         let mut st = session.lock();
-        if st.subscriptions.remove(filter).is_some() {
+        if st.subscriptions.remove(filter).is_none() {
+            return;
+        }
+        let shared = filter.share().is_some();
+        if !shared {
             self.inner.subs.unsubscribe(filter, &session.client_id);
-            if self.persisted(session) {
-                self.inner.store.submit(Op::SubDel {
-                    client: session.client_id.clone(),
-                    filter: filter.as_arc().clone(),
-                });
-            }
+        }
+        if self.persisted(session) {
+            self.inner.store.submit(Op::SubDel {
+                client: session.client_id.clone(),
+                filter: filter.as_arc().clone(),
+            });
+        }
+        drop(st);
+        if shared {
+            self.inner.shared.leave(filter, session);
         }
     }
 
@@ -331,6 +473,9 @@ impl Broker {
     /// ([MQTT-3.3.1-8]) at min(retained QoS, granted QoS). They bypass the queue bound: they
     /// are already held by the retained store, and dropping them would lose state silently.
     pub(crate) fn send_retained(&self, session: &Arc<Session>, filter: &TopicFilter, granted: QoS) {
+        if filter.share().is_some() {
+            return; // retained messages are not sent on a shared subscription
+        }
         let mut found = Vec::new();
         self.inner.retained.matching(filter, &mut found);
         for msg in found {
@@ -341,6 +486,7 @@ impl Broker {
                 retain: true,
                 seq: 0,
                 journaled_at: 0,
+                share: None,
             };
             let limits = session.limits(&self.inner.limits);
             session.offer(d, limits, true, true, &self.inner.store);
@@ -406,6 +552,7 @@ impl Broker {
                 retain: msg.retain && session.bridge.load(Ordering::Relaxed),
                 seq: 0,
                 journaled_at: 0,
+                share: None,
             };
             let qos = d.qos;
             let offer = session.offer(
@@ -416,15 +563,23 @@ impl Broker {
                 &inner.store,
             );
             if let Offer::Full(full) = offer {
-                self.note_drop(&session, qos, full);
+                self.note_drop(&session, msg, qos, full);
             }
+        }
+        if inner.shared.len() != 0 {
+            inner.shared.route(msg, &self.ctx(), |group, out| {
+                self.note_lost(&group.name, msg, msg.qos, out)
+            });
         }
     }
 
     /// Counts a drop; a QoS 1/2 drop also warns, naming the bound that refused it, at most once
     /// a second (QoS 0 drops are only counted, as Mosquitto does: QoS 0 promises nothing).
-    fn note_drop(&self, session: &Session, qos: QoS, full: QueueFull) {
+    fn note_drop(&self, session: &Session, msg: &SharedMessage, qos: QoS, full: QueueFull) {
         let inner = &*self.inner;
+        inner
+            .dead
+            .note(Reason::from(full), &session.client_id, msg, qos);
         let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         inner.stats.dropped_by[full as usize].fetch_add(1, Ordering::Relaxed);
         if matches!(full, QueueFull::FairShare | QueueFull::TotalBytes) {
@@ -506,8 +661,16 @@ impl Broker {
                 st.conn.is_none() && st.disconnected_at.is_some_and(|t| t.elapsed() >= max_age);
             if old {
                 st.discarded = true;
+                // Shared messages go to the group's other members; the rest are dead letters.
+                let shared = st.out.take_shared(None, &self.inner.limits);
+                let rest: Vec<(SharedMessage, QoS)> = st
+                    .out
+                    .deliveries()
+                    .map(|d| (d.msg.clone(), d.qos))
+                    .collect();
                 st.out.discard_queue(&self.inner.limits);
-                expired.push((s.client_id.clone(), std::mem::take(&mut st.subscriptions)));
+                let subs: Vec<TopicFilter> = st.subscriptions.drain().map(|(f, _)| f).collect();
+                expired.push((s.clone(), subs, shared, rest));
                 if !s.clean {
                     self.inner.store.submit(Op::SessionDel {
                         client: s.client_id.clone(),
@@ -516,13 +679,19 @@ impl Broker {
             }
             !old
         });
-        for (id, subs) in &expired {
-            for f in subs.keys() {
-                self.inner.subs.unsubscribe(f, id);
+        let count = expired.len();
+        for (s, subs, shared, rest) in expired {
+            self.unsubscribe_all(&s, &subs);
+            self.redispatch(&s, shared);
+            let queued = rest.len();
+            for (msg, qos) in rest {
+                self.inner
+                    .dead
+                    .note(Reason::Expired, &s.client_id, &msg, qos);
             }
-            info!(client_id = %id, "persistent session expired");
+            info!(client_id = %s.client_id, dropped = queued, "persistent session expired");
         }
-        expired.len()
+        count
     }
 
     /// Rebuilds persistent sessions and retained messages loaded from disk (before the
@@ -538,6 +707,7 @@ impl Broker {
                         payload: r.payload,
                         qos: qos_from_u8(r.qos).unwrap_or(QoS::AtMostOnce),
                         retain: true,
+                        from: None,
                         origin: 0,
                     });
                     self.inner.retained.set(&topic, msg);
@@ -548,11 +718,16 @@ impl Broker {
         for (id, stored) in snapshot.sessions {
             let client_id: ClientId = id.into();
             let session = Arc::new(Session::new(client_id.clone(), false));
+            let mut shared = Vec::new();
             {
                 let mut st = session.lock();
                 st.disconnected_at = Some(now);
                 for (f, q) in stored.subscriptions {
                     match (TopicFilter::parse(&f), qos_from_u8(q)) {
+                        (Ok(f), Some(q)) if f.share().is_some() => {
+                            shared.push((f.clone(), q));
+                            st.subscriptions.insert(f, q);
+                        }
                         (Ok(f), Some(q)) => {
                             self.inner
                                 .subs
@@ -576,12 +751,14 @@ impl Broker {
                             payload: e.msg.payload,
                             qos,
                             retain: e.msg.retain,
+                            from: None,
                             origin: 0,
                         }),
                         qos,
                         retain: e.msg.retain,
                         seq: e.seq,
                         journaled_at: 0,
+                        share: None,
                     };
                     match e.state {
                         StoredState::Queued => {
@@ -594,6 +771,9 @@ impl Broker {
                     }
                 }
                 st.inbound_qos2.extend(stored.inbound_qos2);
+            }
+            for (f, q) in &shared {
+                self.inner.shared.join(f, &session, *q);
             }
             self.inner.sessions.insert(client_id, session);
         }

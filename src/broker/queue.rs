@@ -25,8 +25,11 @@ pub(crate) struct Delivery {
     /// When it entered a bridge journal (`journal_stamp`), for the oldest message's age; 0
     /// for other sessions (never stamped: no clock read on their path) and for messages
     /// restored from disk (their age counts from the broker's start). Fits in the padding
-    /// after `qos` and `retain`: a delivery stays 24 bytes.
+    /// after `qos` and `retain`: a delivery is 32 bytes with or without it.
     pub(crate) journaled_at: u32,
+    /// The share group it was dispatched for (`$share/...`), so that it can be handed to
+    /// another member if this one leaves; `None` for a plain subscription.
+    pub(crate) share: Option<Arc<super::shared::Group>>,
 }
 
 /// The clock of `Delivery::journaled_at`, started with the broker (`start_journal_clock`).
@@ -380,6 +383,66 @@ impl Outbound {
         before - self.queue.len()
     }
 
+    /// Messages in flight and queued (what `least_inflight` compares).
+    pub(crate) fn load(&self) -> usize {
+        self.inflight.len() + self.queue.len()
+    }
+
+    /// Whether the queue is full by messages (`least_inflight` skips such a member; one whose
+    /// window is full has a load of at least `max_inflight`, so it comes after every member
+    /// with free credit).
+    pub(crate) fn is_full(&self, limits: &QueueLimits) -> bool {
+        self.queue.len() >= limits.max_queued_messages.get()
+    }
+
+    /// The messages in flight (unacknowledged) and queued, in order.
+    pub(crate) fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.inflight
+            .iter()
+            .map(|e| &e.delivery)
+            .chain(self.queue.iter())
+    }
+
+    /// Takes out the messages dispatched for share group `group` (any group: `None`): those in flight that the
+    /// client has not acknowledged at all (a QoS 2 message past PUBREC stays: the client has
+    /// it), then the queued ones, in order. Their packet ids are freed.
+    pub(crate) fn take_shared(
+        &mut self,
+        group: Option<&Arc<super::shared::Group>>,
+        limits: &QueueLimits,
+    ) -> Vec<Delivery> {
+        let ours = |d: &Delivery| {
+            d.share
+                .as_ref()
+                .is_some_and(|g| group.is_none_or(|group| Arc::ptr_eq(g, group)))
+        };
+        let mut taken = Vec::new();
+        self.inflight.retain(|e| {
+            let take = e.state == InflightState::Sent && ours(&e.delivery);
+            if take {
+                taken.push(e.delivery.clone());
+            }
+            !take
+        });
+        let before = self.queued_bytes;
+        let mut bytes = 0;
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if ours(&d) {
+                taken.push(d);
+            } else {
+                bytes += d.msg.payload.len();
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        self.queued_bytes = bytes;
+        if let Some(b) = &limits.budget {
+            b.sub(before, before - bytes);
+        }
+        taken
+    }
+
     /// Drops queued QoS 0 messages (a persistent session going offline keeps only what
     /// `queue_qos0_messages` allows).
     pub(crate) fn drop_queued_qos0(&mut self, limits: &QueueLimits) {
@@ -438,12 +501,14 @@ mod tests {
                 payload: Bytes::from(vec![n]),
                 qos,
                 retain: false,
+                from: None,
                 origin: 0,
             }),
             qos,
             retain: false,
             seq: 0,
             journaled_at: 0,
+            share: None,
         }
     }
 
@@ -706,7 +771,9 @@ mod tests {
     /// never 0 once taken (0 = restored: aged from the broker's start), and ages.
     #[test]
     fn journal_stamps_fit_and_age() {
-        assert_eq!(std::mem::size_of::<Delivery>(), 24);
+        // The message, the sequence number and the share group (8 bytes each), and the stamp
+        // sharing a word with `qos` and `retain`: without the stamp it is the same size.
+        assert_eq!(std::mem::size_of::<Delivery>(), 32);
         start_journal_clock();
         let stamp = journal_stamp();
         assert!(stamp >= 1);

@@ -155,6 +155,9 @@ pub(crate) enum Offer {
     /// Not queued by policy (QoS 0 for an offline session, a discarded session, or a topic
     /// the session may not read).
     Skipped,
+    /// Not queued: the session is offline and the caller asked for online sessions only
+    /// (a share group looking for an online member).
+    Offline,
 }
 
 /// The next `Session::uid`.
@@ -219,11 +222,24 @@ impl Session {
     /// session's operations in queue order.
     pub(crate) fn offer(
         &self,
+        d: Delivery,
+        limits: &QueueLimits,
+        queue_qos0_offline: bool,
+        force: bool,
+        store: &Store,
+    ) -> Offer {
+        self.offer_to(d, limits, queue_qos0_offline, force, store, false)
+    }
+
+    /// `offer`, refusing with `Offer::Offline` when `online_only` and no connection is attached.
+    pub(crate) fn offer_to(
+        &self,
         mut d: Delivery,
         limits: &QueueLimits,
         queue_qos0_offline: bool,
         force: bool,
         store: &Store,
+        online_only: bool,
     ) -> Offer {
         let mut st = self.lock();
         if st.discarded {
@@ -237,6 +253,9 @@ impl Session {
             }
         }
         let online = st.conn.is_some();
+        if online_only && !online {
+            return Offer::Offline;
+        }
         if !online && d.qos == QoS::AtMostOnce && !queue_qos0_offline {
             return Offer::Skipped;
         }
@@ -308,11 +327,13 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 origin: 0,
+                from: None,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,
             seq: 0,
             journaled_at: 0,
+            share: None,
         }
     }
 

@@ -250,8 +250,9 @@ impl SessionAcl {
     }
 
     /// Whether a SUBSCRIBE to `filter` is granted (else SUBACK 0x80); a denial is logged.
+    /// For `$share/{group}/{filter}` the ACL checks `{filter}`: what the subscription reads.
     pub(super) fn may_subscribe(&self, filter: &TopicFilter) -> bool {
-        let ok = self.acl.may_subscribe(filter);
+        let ok = self.acl.may_subscribe(&filter.match_filter());
         if !ok {
             self.log_denied("SUBSCRIBE denied by the ACL: 0x80", &filter.to_string());
         }

@@ -370,9 +370,12 @@ impl<T: Transport> Connection<T> {
                 ctl.wake.notify_one();
             });
         }
-        // Clients may not publish into $SYS, nor where the ACL denies it: dropped (3.1.1
+        // Clients may not publish into $SYS or $DLQ (dead letters come only from the broker), nor where the ACL denies it: dropped (3.1.1
         // cannot say so), the QoS handshake still completes, as Mosquitto does.
         let denied = p.topic.as_str().starts_with("$SYS")
+            || p.topic
+                .as_str()
+                .starts_with(crate::broker::dead_letter::DLQ_PREFIX)
             || self.acl.as_ref().is_some_and(|a| !a.may_publish(&p.topic));
         self.ctx
             .metrics
@@ -382,6 +385,7 @@ impl<T: Transport> Connection<T> {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            from: Some(self.client_id.clone()),
             // Issue #11 item 3: what a bridge publishes is never routed back to it.
             origin: if self
                 .session

@@ -30,6 +30,7 @@ pub(crate) fn into_message(will: Will) -> SharedMessage {
         payload: will.payload,
         qos: will.qos,
         retain: will.retain,
+        from: None,
         origin: 0,
     })
 }

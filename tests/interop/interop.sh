@@ -295,6 +295,23 @@ mpub -t interop/retained -q 1 -m marker
 finish ret3
 expect ret3 "retained message cleared by an empty retained publish (-r -n)" "MSG 1 0 interop/retained marker"
 
+# --- shared subscriptions (issue #12) ---------------------------------------------------------
+# Two mosquitto_sub members of one group: round robin gives each every other message (the first
+# to join gets the first), never the retained message, and every message once.
+mpub -t interop/share/t -q 1 -r -m retained-not-for-groups
+msub shA -i interop-share-a -t '$share/ig/interop/share/#' -q 1 -C 2 -W "$T"
+SHA_PID=$SUB_PID
+msub shB -i interop-share-b -t '$share/ig/interop/share/#' -q 1 -C 2 -W "$T"
+printf 's1\ns2\ns3\ns4\n' | mpub -t interop/share/t -q 1 -l
+finish shB
+SUB_PID=$SHA_PID
+finish shA
+expect shA "\$share group member A gets every other message, no retained one" \
+    "MSG 1 0 interop/share/t s1" "MSG 1 0 interop/share/t s3"
+expect shB "\$share group member B gets the others" \
+    "MSG 1 0 interop/share/t s2" "MSG 1 0 interop/share/t s4"
+mpub -t interop/share/t -q 1 -r -n
+
 # --- $SYS and the admin port (issue #10) -------------------------------------------------------
 VERSION="$("$BROKERD" --version | awk '{print $2}')"
 msub sys1 -t '$SYS/broker/version' -C 1 -W "$T"

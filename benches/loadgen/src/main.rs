@@ -27,7 +27,12 @@ mod stats;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use scenarios::{conns::ConnsSpec, flow::FlowSpec, retained::RetainedSpec, Common, Outcome};
+use scenarios::{
+    conns::ConnsSpec,
+    flow::{FlowSpec, GroupCheck},
+    retained::RetainedSpec,
+    Common, Outcome,
+};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -142,6 +147,29 @@ enum Scenario {
         #[command(flatten)]
         flow: FlowArgs,
     },
+    /// P publishers on bench/shared/<i> -> a share group of M members, each subscribed to
+    /// $share/<group>/bench/shared/+: every message exactly once across the group (checked),
+    /// rate = deliveries / time. With --keyed (a hash_topic group) each publisher's messages
+    /// must all reach one member, in order.
+    Shared {
+        /// Number of publishers (one topic each).
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Number of group members.
+        #[arg(long, default_value_t = 4)]
+        members: usize,
+        /// Share group name.
+        #[arg(long, default_value = "bench")]
+        group: String,
+        /// Fail if a publisher's topic reaches more than one member (hash_topic groups).
+        #[arg(long)]
+        keyed: bool,
+        /// Total publish rate in msgs/s across publishers (default: as fast as allowed).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
     /// N pairs: publisher i -> subscriber i on bench/pairs/<i>.
     Pairs {
         /// Number of publisher/subscriber pairs.
@@ -224,6 +252,7 @@ impl Scenario {
             Scenario::Fanin { .. } => "fanin",
             Scenario::Fanout { .. } => "fanout",
             Scenario::Pairs { .. } => "pairs",
+            Scenario::Shared { .. } => "shared",
             Scenario::Latency { .. } => "latency",
             Scenario::Conns { .. } => "conns",
             Scenario::Retained { .. } => "retained",
@@ -265,6 +294,7 @@ fn flow_spec(
         batch: f.batch as usize,
         drain: secs(f.drain_s, "drain-s")?,
         idle: secs(f.idle_s, "idle-s")?,
+        group: None,
     })
 }
 
@@ -302,6 +332,28 @@ async fn run(cli: &Cli, common: &Common) -> Result<Outcome> {
                 .map(|_| ("bench/fanout".to_string(), vec![0]))
                 .collect();
             let spec = flow_spec("fanout", vec!["bench/fanout".into()], subs, *rate, flow)?;
+            scenarios::flow::run(common, spec).await
+        }
+        Scenario::Shared {
+            publishers,
+            members,
+            group,
+            keyed,
+            rate,
+            flow,
+        } => {
+            if *members == 0 || group.is_empty() || group.contains(['/', '+', '#']) {
+                bail!("--members must be positive and --group one level without wildcards");
+            }
+            let topics = (0..*publishers)
+                .map(|i| format!("bench/shared/{i}"))
+                .collect();
+            let filter = format!("$share/{group}/bench/shared/+");
+            let subs = (0..*members)
+                .map(|_| (filter.clone(), (0..*publishers).collect()))
+                .collect();
+            let mut spec = flow_spec("shared", topics, subs, *rate, flow)?;
+            spec.group = Some(GroupCheck { keyed: *keyed });
             scenarios::flow::run(common, spec).await
         }
         Scenario::Pairs { pairs, rate, flow } => {

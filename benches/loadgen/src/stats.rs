@@ -111,6 +111,11 @@ impl SeqTracker {
         self.next
     }
 
+    /// The bitmap of sequences seen (bit `seq % 64` of word `seq / 64`).
+    pub fn seen_words(&self) -> &[u64] {
+        &self.seen
+    }
+
     /// Record `seq`. The caller must have bounded `seq` (it sizes a bitmap).
     pub fn record(&mut self, seq: u64) -> SeqOutcome {
         let (word, bit) = ((seq / 64) as usize, seq % 64);

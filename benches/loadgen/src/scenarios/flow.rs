@@ -50,6 +50,17 @@ pub struct FlowSpec {
     pub drain: Duration,
     /// Subscribers stop after this long without data once publishers are done.
     pub idle: Duration,
+    /// The subscribers are the members of one share group (`$share/...` filters): every
+    /// message must arrive exactly once across them, not once at each.
+    pub group: Option<GroupCheck>,
+}
+
+/// What a share-group run checks besides exactly-once across the members.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupCheck {
+    /// Every publisher's messages (one topic each) must arrive at a single member
+    /// (`hash_topic`), in order.
+    pub keyed: bool,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -95,15 +106,23 @@ struct Shared {
     pub_subs: Vec<Vec<usize>>,
     /// Per publisher: its credit state (subscribers notify on progress).
     inflight: Vec<Inflight>,
+    /// Share-group runs: messages received by all members together.
+    group_received: Option<AtomicU64>,
 }
 
 impl Shared {
     /// How far publisher `p` (having sent `seq`) is ahead of its slowest subscriber.
     fn e2e_backlog(&self, p: usize, seq: u64) -> u64 {
-        let slowest = self.pub_subs[p]
+        let progress = self.pub_subs[p]
             .iter()
-            .map(|&s| self.progress[s * self.npubs + p].load(Ordering::Acquire))
-            .min();
+            .map(|&s| self.progress[s * self.npubs + p].load(Ordering::Acquire));
+        // A share group: a publisher's messages are spread over (or keyed to one of) the
+        // members, so its progress is the furthest member's.
+        let slowest = if self.group_received.is_some() {
+            progress.max()
+        } else {
+            progress.min()
+        };
         seq.saturating_sub(slowest.unwrap_or(seq))
     }
 }
@@ -218,6 +237,7 @@ pub async fn run(c: &Common, spec: FlowSpec) -> Result<Outcome> {
         npubs,
         pub_subs,
         inflight: (0..npubs).map(|_| Inflight::new()).collect(),
+        group_received: spec.group.map(|_| AtomicU64::new(0)),
     });
     let topics: Arc<Vec<Vec<u8>>> = Arc::new(
         spec.pub_topics
@@ -312,7 +332,9 @@ pub async fn run(c: &Common, spec: FlowSpec) -> Result<Outcome> {
     let (mut wrong_topic, mut corrupt, mut bad_flags) = (0u64, 0u64, 0u64);
     let mut hist = Histogram::default();
     for (s, (_, sources)) in subs.iter().zip(&spec.subs) {
-        expected += sources.iter().map(|&p| sent[p]).sum::<u64>();
+        if spec.group.is_none() {
+            expected += sources.iter().map(|&p| sent[p]).sum::<u64>();
+        }
         received += s.trackers.iter().map(|t| t.unique).sum::<u64>();
         dups += s.trackers.iter().map(|t| t.duplicates).sum::<u64>();
         ooo += s.trackers.iter().map(|t| t.out_of_order).sum::<u64>();
@@ -321,6 +343,62 @@ pub async fn run(c: &Common, spec: FlowSpec) -> Result<Outcome> {
         corrupt += s.corrupt + s.foreign + s.phantom;
         bad_flags += s.bad_flags;
         hist.merge(&s.hist);
+    }
+    if let Some(check) = spec.group {
+        // Exactly once across the group: the union of what the members saw, and what two
+        // members both saw.
+        expected = total_sent;
+        let members = subs.len();
+        let mut union = 0u64;
+        let mut split_keys = 0u64;
+        for p in 0..npubs {
+            let words = subs
+                .iter()
+                .map(|s| s.trackers.get(p).map_or(0, |t| t.seen_words().len()))
+                .max()
+                .unwrap_or(0);
+            for w in 0..words {
+                let mut any = 0u64;
+                for s in &subs {
+                    let bits = s
+                        .trackers
+                        .get(p)
+                        .and_then(|t| t.seen_words().get(w))
+                        .copied()
+                        .unwrap_or(0);
+                    any |= bits;
+                }
+                union += u64::from(any.count_ones());
+            }
+            let holders = subs
+                .iter()
+                .filter(|s| s.trackers.get(p).is_some_and(|t| t.unique > 0))
+                .count();
+            if holders > 1 {
+                split_keys += 1;
+            }
+        }
+        dups += received.saturating_sub(union);
+        received = union;
+        let per_member: Vec<u64> = subs
+            .iter()
+            .map(|s| s.trackers.iter().map(|t| t.unique).sum::<u64>())
+            .collect();
+        o.set("members", members);
+        o.set(
+            "per_member_min",
+            per_member.iter().min().copied().unwrap_or(0),
+        );
+        o.set(
+            "per_member_max",
+            per_member.iter().max().copied().unwrap_or(0),
+        );
+        o.set("keys_on_several_members", split_keys);
+        if check.keyed && split_keys > 0 {
+            o.fail(format!(
+                "{split_keys} publisher topic(s) delivered to more than one member (keyed run)"
+            ));
+        }
     }
     let lost = expected.saturating_sub(received);
     let secs = c.duration.as_secs_f64();
@@ -664,6 +742,8 @@ async fn subscribe_loop(
     }
     let mut acks = BytesMut::with_capacity(64 * 1024);
     let mut last_data = Instant::now();
+    // Share-group runs: what this member has added to the group's count so far.
+    let mut counted = 0u64;
     loop {
         let now = Instant::now();
         if now >= hard {
@@ -727,10 +807,19 @@ async fn subscribe_loop(
                 ctx.shared.inflight[s].notify.notify_one();
             }
         }
+        let got: u64 = ctx.sources.iter().map(|&s| res.trackers[s].unique).sum();
+        let got = match &ctx.shared.group_received {
+            Some(total) => {
+                // Members count together: each adds what it got since its last turn.
+                total.fetch_add(got - counted, Ordering::AcqRel);
+                counted = got;
+                total.load(Ordering::Acquire)
+            }
+            None => got,
+        };
         let done = ctx.done.borrow().clone();
         if let Some(sent) = done {
             let expected: u64 = ctx.sources.iter().map(|&s| sent[s]).sum();
-            let got: u64 = ctx.sources.iter().map(|&s| res.trackers[s].unique).sum();
             if got >= expected || now.duration_since(last_data) >= ctx.idle {
                 break;
             }
@@ -766,6 +855,7 @@ mod tests {
             batch: 16,
             drain: Duration::from_secs(3),
             idle: Duration::from_millis(300),
+            group: None,
         };
         run(&c, spec).await.expect("run")
     }

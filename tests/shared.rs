@@ -1,0 +1,473 @@
+//! Shared subscriptions (`$share/{group}/{filter}`) through real clients: each message to one
+//! member, the strategies, a member killed mid-stream, plain subscribers next to a group, and a
+//! persistent member across a restart.
+//!
+//! issue #12 items 1-3.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::persist::*;
+use common::*;
+use rumqttc::{QoS, SubscribeReasonCode};
+use tokio::sync::mpsc;
+
+/// What one member received, in arrival order: (topic, payload).
+type Received = Vec<(String, String)>;
+
+/// Runs `members` (each in its own task) until `expected` PUBLISHes arrived in total, then
+/// waits `extra` for anything more (a duplicate would arrive then); returns what each got.
+async fn collect(members: Vec<Client>, expected: usize, extra: Duration) -> Vec<Received> {
+    let (tx, mut rx) = mpsc::channel::<(usize, String, String)>(expected + 1000);
+    let mut tasks = Vec::new();
+    for (i, mut m) in members.into_iter().enumerate() {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let p = m.next_publish_within(Duration::from_secs(60)).await;
+                let Some(p) = p else { return };
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                if tx.send((i, p.topic.clone(), payload)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let n = tasks.len();
+    let mut got: Vec<Received> = vec![Vec::new(); n];
+    let mut total = 0;
+    let all = tokio::time::timeout(Duration::from_secs(60), async {
+        while total < expected {
+            let Some((i, t, p)) = rx.recv().await else {
+                return;
+            };
+            got[i].push((t, p));
+            total += 1;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "only {total} of {expected} messages arrived: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    // Nothing more may come: a second copy of any message would arrive within this.
+    while let Ok(Some((i, t, p))) = tokio::time::timeout(extra, rx.recv()).await {
+        got[i].push((t, p));
+    }
+    for t in tasks {
+        t.abort();
+    }
+    got
+}
+
+async fn member(addr: std::net::SocketAddr, id: &str, filter: &str) -> Client {
+    let mut c = connect(addr, id).await;
+    assert_eq!(
+        c.subscribe(filter, QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    c
+}
+
+/// Publishes every (topic, payload) at QoS 1 and waits until the broker routed them all (a
+/// barrier every 500 also drains the publisher's own events, which are bounded).
+async fn publish_all(p: &mut Client, msgs: &[(String, String)]) {
+    for chunk in msgs.chunks(500) {
+        for (t, m) in chunk {
+            p.publish(t, QoS::AtLeastOnce, false, m.clone()).await;
+        }
+        p.barrier().await;
+    }
+}
+
+/// issue #12 item 1 and 2 (round_robin): three members x 10,000 QoS 1 messages: every message
+/// delivered exactly once across the group, each member within 5% of a third.
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_delivers_each_message_once_evenly() {
+    const N: usize = 10_000;
+    let b = BrokerProc::start("");
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(member(b.addr, &format!("rr-{i}"), "$share/work/jobs/+").await);
+    }
+    let mut publ = connect(b.addr, "rr-pub").await;
+    let msgs: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("jobs/{}", i % 7), i.to_string()))
+        .collect();
+    let collector = tokio::spawn(collect(members, N, Duration::from_millis(500)));
+    publish_all(&mut publ, &msgs).await;
+    let got = collector.await.expect("collector");
+    let mut seen = BTreeSet::new();
+    for r in &got {
+        for (_, p) in r {
+            assert!(seen.insert(p.clone()), "message {p} delivered twice");
+        }
+    }
+    assert_eq!(seen.len(), N, "every message delivered");
+    for (i, r) in got.iter().enumerate() {
+        let share = r.len() as f64 / (N as f64 / 3.0);
+        assert!(
+            (0.95..=1.05).contains(&share),
+            "member {i} got {} of {N}",
+            r.len()
+        );
+    }
+}
+
+/// Per topic: which members received it, and the payload sequence each one saw.
+fn by_topic(got: &[Received]) -> BTreeMap<String, Vec<(usize, Vec<usize>)>> {
+    let mut out: BTreeMap<String, BTreeMap<usize, Vec<usize>>> = BTreeMap::new();
+    for (i, r) in got.iter().enumerate() {
+        for (t, p) in r {
+            out.entry(t.clone())
+                .or_default()
+                .entry(i)
+                .or_default()
+                .push(p.parse().expect("numeric payload"));
+        }
+    }
+    out.into_iter()
+        .map(|(t, m)| (t, m.into_iter().collect()))
+        .collect()
+}
+
+/// issue #12 item 2 (hash_topic): every topic goes to one member, in publish order, and the
+/// topics spread over all three members.
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_topic_keeps_each_topic_on_one_member_in_order() {
+    const TOPICS: usize = 30;
+    const PER: usize = 100;
+    let b = BrokerProc::start("[shared_subscriptions.groups]\nkeyed = \"hash_topic\"\n");
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(member(b.addr, &format!("ht-{i}"), "$share/keyed/dev/#").await);
+    }
+    let mut publ = connect(b.addr, "ht-pub").await;
+    let msgs: Vec<(String, String)> = (0..PER)
+        .flat_map(|j| (0..TOPICS).map(move |t| (format!("dev/{t}"), j.to_string())))
+        .collect();
+    let collector = tokio::spawn(collect(members, TOPICS * PER, Duration::from_millis(300)));
+    publish_all(&mut publ, &msgs).await;
+    let got = collector.await.expect("collector");
+    let topics = by_topic(&got);
+    assert_eq!(topics.len(), TOPICS);
+    let mut owners = BTreeSet::new();
+    for (t, per_member) in &topics {
+        assert_eq!(per_member.len(), 1, "{t} went to several members");
+        let (owner, seq) = &per_member[0];
+        owners.insert(*owner);
+        assert_eq!(seq, &(0..PER).collect::<Vec<_>>(), "{t} out of order");
+    }
+    assert_eq!(owners.len(), 3, "topics spread over every member");
+}
+
+/// A raw member that reads its deliveries and never acknowledges them (so they stay in flight
+/// and queued on the broker), recording the topics it saw, until `stop`.
+fn raw_member_never_acking(
+    addr: std::net::SocketAddr,
+    id: &str,
+    filter: &str,
+) -> (
+    std::thread::JoinHandle<()>,
+    Arc<AtomicBool>,
+    Arc<std::sync::Mutex<Received>>,
+) {
+    let mut raw = Raw::connected(addr, id);
+    raw.subscribe(1, filter, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, r) = (stop.clone(), seen.clone());
+    let t = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            if let Some(p) = raw.read_packet_within(Duration::from_millis(50)) {
+                let (_, _, _, topic, _, payload) = parse_publish(&p);
+                r.lock()
+                    .expect("lock")
+                    .push((topic, String::from_utf8_lossy(&payload).into_owned()));
+            }
+        }
+        // Dropping `raw` closes the socket without DISCONNECT.
+    });
+    (t, stop, seen)
+}
+
+/// issue #12 item 3 (hash_topic): a member killed mid-stream (socket closed without
+/// DISCONNECT) with messages in flight and queued: nothing is lost, its topics move to the
+/// survivors (each to one, in order, with its backlog first), the survivors' topics stay put.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_member_loses_nothing_and_only_its_keys_move() {
+    const TOPICS: usize = 30;
+    const PER: usize = 10;
+    let b = BrokerProc::start("[shared_subscriptions]\nstrategy = \"hash_topic\"\n");
+    let a = member(b.addr, "kill-a", "$share/g/k/#").await;
+    let c = member(b.addr, "kill-c", "$share/g/k/#").await;
+    let (victim, stop, victim_seen) = raw_member_never_acking(b.addr, "kill-v", "$share/g/k/#");
+    let mut publ = connect(b.addr, "kill-pub").await;
+    let phase = |from: usize| -> Vec<(String, String)> {
+        (from..from + PER)
+            .flat_map(|j| (0..TOPICS).map(move |t| (format!("k/{t}"), j.to_string())))
+            .collect()
+    };
+    // Phase 1; then the victim holds its topics' messages in flight (20) and queued.
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let mut tasks = Vec::new();
+    for (i, mut m) in [a, c].into_iter().enumerate() {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(p) = m.next_publish_within(Duration::from_secs(60)).await {
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                if tx.send((i, p.topic.clone(), payload)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    publish_all(&mut publ, &phase(0)).await;
+    let mut got: Vec<Received> = vec![Vec::new(), Vec::new()];
+    // Every topic is seen by someone: the victim's first 20 deliveries cover its topics.
+    let owner_before = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut owner: BTreeMap<String, usize> = BTreeMap::new();
+            for (i, r) in got.iter().enumerate() {
+                for (t, _) in r {
+                    owner.insert(t.clone(), i);
+                }
+            }
+            for (t, _) in victim_seen.lock().expect("lock").iter() {
+                owner.insert(t.clone(), 2);
+            }
+            if owner.len() == TOPICS {
+                return owner;
+            }
+            if let Ok(Some((i, t, p))) =
+                tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
+            {
+                got[i].push((t, p));
+            }
+        }
+    })
+    .await
+    .expect("every topic delivered to some member");
+    let victim_topics: BTreeSet<String> = owner_before
+        .iter()
+        .filter(|(_, o)| **o == 2)
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(
+        !victim_topics.is_empty() && victim_topics.len() < TOPICS,
+        "{owner_before:?}"
+    );
+    // Kill the victim: socket closed without DISCONNECT.
+    stop.store(true, Ordering::Relaxed);
+    victim.join().expect("victim thread");
+    b.wait_disconnected("kill-v", 1);
+    publish_all(&mut publ, &phase(PER)).await;
+    let total = TOPICS * PER * 2;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got.iter().map(Vec::len).sum::<usize>() < total {
+            let (i, t, p) = rx.recv().await.expect("collector");
+            got[i].push((t, p));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "lost messages: {} of {total}",
+            got.iter().map(Vec::len).sum::<usize>()
+        )
+    });
+    while let Ok(Some((i, t, p))) =
+        tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+    {
+        got[i].push((t, p));
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let topics = by_topic(&got);
+    assert_eq!(topics.len(), TOPICS);
+    for (t, per_member) in &topics {
+        assert_eq!(
+            per_member.len(),
+            1,
+            "{t} split over survivors: {per_member:?}"
+        );
+        let (owner, seq) = &per_member[0];
+        // Nothing lost, nothing twice, in order: the victim's backlog came first.
+        assert_eq!(seq, &(0..2 * PER).collect::<Vec<_>>(), "{t}");
+        if !victim_topics.contains(t) {
+            assert_eq!(
+                owner_before[t], *owner,
+                "{t} moved though its member stayed"
+            );
+        }
+    }
+}
+
+/// issue #12 item 1: a plain subscriber on the same filter still gets its own copy of every
+/// message, a second group gets its own, and a retained message is sent to the plain
+/// subscriber only, never on a shared subscription.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_and_shared_subscribers_on_one_filter() {
+    let b = BrokerProc::start("");
+    let mut publ = connect(b.addr, "mix-pub").await;
+    publ.publish_routed("mix/t", QoS::AtLeastOnce, true, "retained")
+        .await;
+    let mut plain = member(b.addr, "mix-plain", "mix/#").await;
+    assert_eq!(plain.expect_publish_on("mix/t").await.payload, "retained");
+    let g1a = member(b.addr, "mix-g1a", "$share/g1/mix/#").await;
+    let g1b = member(b.addr, "mix-g1b", "$share/g1/mix/#").await;
+    let mut g2 = member(b.addr, "mix-g2", "$share/g2/mix/#").await;
+    let msgs: Vec<(String, String)> = (0..20).map(|i| ("mix/t".into(), i.to_string())).collect();
+    let groups = tokio::spawn(collect(vec![g1a, g1b], 20, Duration::from_millis(300)));
+    publish_all(&mut publ, &msgs).await;
+    let got = groups.await.expect("collector");
+    let mut all: Vec<String> = got.concat().into_iter().map(|(_, p)| p).collect();
+    all.sort_by_key(|p| p.parse::<u32>().expect("number"));
+    assert_eq!(all, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    for i in 0..20 {
+        assert_eq!(plain.next_publish().await.payload, i.to_string());
+        // The second group's one member gets every message, and no retained one first.
+        let p = g2.next_publish().await;
+        assert_eq!(
+            (p.payload.as_ref(), p.retain),
+            (i.to_string().as_bytes(), false)
+        );
+    }
+}
+
+/// issue #12 item 1: UNSUBSCRIBE with the full `$share/...` string leaves the group; an
+/// invalid shared filter is refused like any invalid filter (the connection closes).
+#[tokio::test(flavor = "multi_thread")]
+async fn unsubscribe_leaves_the_group_and_invalid_share_filters_are_refused() {
+    let b = BrokerProc::start("");
+    let mut leaver = member(b.addr, "un-a", "$share/g/un/t").await;
+    let stayer = member(b.addr, "un-b", "$share/g/un/t").await;
+    leaver
+        .client
+        .unsubscribe("$share/g/un/t")
+        .await
+        .expect("unsubscribe");
+    leaver
+        .wait_for("UNSUBACK", |p| matches!(p, rumqttc::Packet::UnsubAck(_)))
+        .await;
+    let mut publ = connect(b.addr, "un-pub").await;
+    let msgs: Vec<(String, String)> = (0..10).map(|i| ("un/t".into(), i.to_string())).collect();
+    let got = tokio::spawn(collect(vec![stayer], 10, Duration::from_millis(10)));
+    publish_all(&mut publ, &msgs).await;
+    assert_eq!(got.await.expect("collector")[0].len(), 10);
+    leaver.expect_no_publish(Duration::from_millis(200)).await;
+
+    for bad in ["$share/g", "$share//t", "$share/+/t", "$share/g/"] {
+        let mut raw = Raw::connected(b.addr, "un-bad");
+        raw.send(&subscribe_packet(1, &[(bad, 1)]));
+        raw.expect_closed();
+    }
+}
+
+/// issue #12 item 1: a persistent member's shared subscription is stored: after a restart
+/// the offline member receives what was queued for the group, and it is still a member
+/// (sharing with a new one) without subscribing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_member_survives_a_restart() {
+    let b = BrokerProc::start(PERSIST);
+    let (mut m, _) = connect_with(persistent_options(b.addr, "p-m")).await;
+    assert_eq!(
+        m.subscribe("$share/g/p/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    m.disconnect().await;
+    drop(m);
+    b.wait_disconnected("p-m", 1);
+    let b = Restart::Graceful.restart(b, PERSIST);
+    // No member online: the message queues on the persistent one.
+    publish_acked(b.addr, "p/1", 1, false, b"queued");
+    let (mut m, ack) = connect_with(persistent_options(b.addr, "p-m")).await;
+    assert!(ack.session_present);
+    assert_eq!(m.expect_publish_on("p/1").await.payload, "queued");
+    // Still a member of the group, not of a plain `$share/g/p/#` topic filter.
+    let n = member(b.addr, "p-n", "$share/g/p/#").await;
+    let mut publ = connect(b.addr, "p-pub").await;
+    let msgs: Vec<(String, String)> = (0..10).map(|i| ("p/2".into(), i.to_string())).collect();
+    let got = tokio::spawn(collect(vec![m, n], 10, Duration::from_millis(300)));
+    publish_all(&mut publ, &msgs).await;
+    let got = got.await.expect("collector");
+    assert_eq!(
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![5, 5],
+        "{got:?}"
+    );
+}
+
+/// issue #12 item 1: with an ACL, a SUBSCRIBE to `$share/{group}/{filter}` is checked against
+/// `{filter}`: granted where the user may read it, 0x80 elsewhere; the member then receives.
+#[test]
+fn acl_checks_the_filter_part_of_a_shared_subscription() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic write jobs/#\nuser worker\ntopic read jobs/#\n").expect("acl");
+    std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let b = BrokerProc::start(&format!("[auth]\nacl_file = \"{}\"\n", acl.display()));
+    let mut w = Raw::connected_by(b.addr, &RawConnect::new("acl-w").username("worker"));
+    w.subscribe_many(
+        1,
+        &[
+            ("$share/g/jobs/#", 1),
+            ("$share/g/other/#", 1),
+            ("$share/jobs/x", 1),
+        ],
+        &[1, 0x80, 0x80],
+    );
+    publish_acked(b.addr, "jobs/1", 1, false, b"job");
+    let (_, qos, retain, topic, _, payload) = expect_publish(&mut w, "the job");
+    assert_eq!(
+        (qos, retain, topic.as_str(), &payload[..]),
+        (1, false, "jobs/1", &b"job"[..])
+    );
+}
+
+/// issue #12 items 2 and 3 (least_inflight): a member that acknowledges nothing fills its
+/// window and queue (2 + 10) at most and is then skipped, the rest goes to the member with room and
+/// nothing is dropped; when the stuck member's socket closes, its backlog reaches the other:
+/// all 50, once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_inflight_skips_a_full_member_and_loses_nothing() {
+    const N: usize = 50;
+    let b = BrokerProc::start(
+        "[limits]\nmax_inflight = 2\nmax_queued_messages = 10\n\
+         [shared_subscriptions]\nstrategy = \"least_inflight\"\n",
+    );
+    let (stuck, stop, stuck_seen) = raw_member_never_acking(b.addr, "li-stuck", "$share/g/li/#");
+    let live = member(b.addr, "li-live", "$share/g/li/#").await;
+    let mut publ = connect(b.addr, "li-pub").await;
+    let msgs: Vec<(String, String)> = (0..N).map(|i| ("li/t".into(), i.to_string())).collect();
+    let got = tokio::spawn(collect(vec![live], N, Duration::from_millis(300)));
+    // A few at a time, so the live member (same small limits) always has room.
+    for chunk in msgs.chunks(4) {
+        publish_all(&mut publ, chunk).await;
+    }
+    eventually("the stuck member got its window", || {
+        !stuck_seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stuck.join().expect("stuck thread");
+    let got = got.await.expect("collector");
+    let mut payloads: Vec<usize> = got[0].iter().map(|(_, p)| p.parse().expect("n")).collect();
+    payloads.sort_unstable();
+    assert_eq!(
+        payloads,
+        (0..N).collect::<Vec<_>>(),
+        "all, once each, at the live member"
+    );
+    assert!(
+        !b.log().contains("subscriber queue full"),
+        "nothing dropped"
+    );
+}
