@@ -471,3 +471,82 @@ async fn least_inflight_skips_a_full_member_and_loses_nothing() {
         "nothing dropped"
     );
 }
+
+/// issue #12 items 1 and 3 in /metrics: share groups and members are gauges that follow
+/// joins and leaves; a member closed without DISCONNECT hands its unacknowledged messages
+/// over (`brokerd_shared_messages_handed_over_total` moves by exactly their number): to the
+/// other member of its group, or, with none left, they are dropped as
+/// `share_group_no_member` (exactly that many).
+#[tokio::test(flavor = "multi_thread")]
+async fn share_groups_members_and_hand_overs_in_metrics() {
+    use common::admin::{scrape, value};
+    const HANDED: &str = "brokerd_shared_messages_handed_over_total";
+    const NO_MEMBER: &str = "brokerd_messages_dropped_total{reason=\"share_group_no_member\"}";
+    let b = BrokerProc::start("[limits]\nmax_inflight = 2\n[sys]\ninterval_s = 0\n");
+    let gauges = |m: &std::collections::HashMap<String, f64>| {
+        (
+            value(m, "brokerd_share_groups"),
+            value(m, "brokerd_share_group_members"),
+        )
+    };
+    let before = scrape(&b);
+    assert_eq!(gauges(&before), (0.0, 0.0));
+    let _g1 = member(b.addr, "mg-1", "$share/g/s/#").await;
+    let _g2 = member(b.addr, "mg-2", "$share/g/s/#").await;
+    let _h1 = member(b.addr, "mh-1", "$share/h/s/#").await;
+    assert_eq!(gauges(&scrape(&b)), (2.0, 3.0));
+    // A lone member of group v that acknowledges nothing: 2 in flight, 4 queued.
+    let mut victim = Raw::connected(b.addr, "mv");
+    victim.subscribe(1, "$share/v/x/#", 1);
+    assert_eq!(gauges(&scrape(&b)), (3.0, 4.0));
+    let mut publ = connect(b.addr, "m-pub").await;
+    for i in 0..6 {
+        publ.publish(&format!("x/{i}"), QoS::AtLeastOnce, false, "p")
+            .await;
+    }
+    publ.barrier().await;
+    for _ in 0..2 {
+        assert_eq!(victim.expect_packet("PUBLISH")[0] >> 4, 3);
+    }
+    drop(victim);
+    let wait_for = |what: &str, ok: &dyn Fn(&std::collections::HashMap<String, f64>) -> bool| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let m = scrape(&b);
+            if ok(&m) {
+                return m;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {m:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let m = wait_for("group v gone", &|m| gauges(m) == (2.0, 3.0));
+    assert_eq!(value(&m, HANDED) - value(&before, HANDED), 6.0);
+    assert_eq!(value(&m, NO_MEMBER) - value(&before, NO_MEMBER), 6.0);
+    // Group w: a member that keeps its 2 (round robin: every other message) unacknowledged,
+    // and one that takes them over when it goes.
+    let mut stuck = Raw::connected(b.addr, "mw-stuck");
+    stuck.subscribe(1, "$share/w/y/#", 1);
+    let mut live = member(b.addr, "mw-live", "$share/w/y/#").await;
+    assert_eq!(gauges(&scrape(&b)), (3.0, 5.0));
+    for i in 0..4 {
+        publ.publish(&format!("y/{i}"), QoS::AtLeastOnce, false, "p")
+            .await;
+    }
+    publ.barrier().await;
+    for _ in 0..2 {
+        assert_eq!(stuck.expect_packet("PUBLISH")[0] >> 4, 3);
+    }
+    drop(stuck);
+    let mut got = BTreeSet::new();
+    while got.len() < 4 {
+        got.insert(live.next_publish().await.topic);
+    }
+    let after = wait_for("mw-stuck gone", &|m| gauges(m) == (3.0, 4.0));
+    assert_eq!(value(&after, HANDED) - value(&before, HANDED), 8.0);
+    assert_eq!(value(&after, NO_MEMBER) - value(&before, NO_MEMBER), 6.0);
+    for reason in ["no_member", "queue_full_messages"] {
+        let series = format!("brokerd_dead_letters_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&after, &series), 0.0, "dead letters are off");
+    }
+}

@@ -362,6 +362,13 @@ pub(crate) struct Snapshot {
     pub(crate) routed: u64,
     /// (reason label, count)
     pub(crate) dropped: Vec<(&'static str, u64)>,
+    /// Dead letters published, (reason, count).
+    pub(crate) dead_letters: Vec<(&'static str, u64)>,
+    /// Dead letters lost, (reason, count).
+    pub(crate) dead_letters_dropped: Vec<(&'static str, u64)>,
+    pub(crate) share_groups: u64,
+    pub(crate) share_members: u64,
+    pub(crate) shared_handed_over: u64,
     pub(crate) auth_failures: u64,
     pub(crate) resident_bytes: u64,
     /// One entry per `[[bridge]]`, in configuration order.
@@ -521,6 +528,24 @@ impl Snapshot {
             "Resident set size of the process (/proc/self/statm).",
             self.resident_bytes.to_string(),
         );
+        one(
+            "brokerd_share_groups",
+            "gauge",
+            "Share groups ($share/{group}/{filter}) with at least one member.",
+            self.share_groups.to_string(),
+        );
+        one(
+            "brokerd_share_group_members",
+            "gauge",
+            "Members over all share groups (connected and offline persistent sessions).",
+            self.share_members.to_string(),
+        );
+        one(
+            "brokerd_shared_messages_handed_over_total",
+            "counter",
+            "Shared messages (unacknowledged or queued) handed from a leaving member to the rest of its group.",
+            self.shared_handed_over.to_string(),
+        );
         let mut labeled = |name: &str, help: &str, label: &str, rows: &[(String, u64)]| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
             for (l, v) in rows {
@@ -553,9 +578,21 @@ impl Snapshot {
         );
         labeled(
             "brokerd_messages_dropped_total",
-            "Messages dropped: deliveries refused by a full queue (by the bound that refused them), and publishes denied (ACL, or a client publishing into $SYS; acknowledged, not routed).",
+            "Messages dropped: deliveries refused by a full queue (by the bound that refused them), publishes denied (ACL, or a client publishing into $SYS or $DLQ; acknowledged, not routed), messages no member of a share group could take, and messages queued for a persistent session that expired.",
             "reason",
             &rows(&self.dropped),
+        );
+        labeled(
+            "brokerd_dead_letters_total",
+            "Dead letters published on $DLQ/{reason}/... (with [dead_letter] enabled), by reason.",
+            "reason",
+            &rows(&self.dead_letters),
+        );
+        labeled(
+            "brokerd_dead_letters_dropped_total",
+            "Dead letters lost (only counted): the dead-letter queue at a bound, a dead letter dropped itself, or an invalid $DLQ topic.",
+            "reason",
+            &rows(&self.dead_letters_dropped),
         );
         let name = "brokerd_store_flush_duration_seconds";
         let _ = writeln!(

@@ -54,6 +54,11 @@ impl Sources {
         s.inflight = f.inflight as u64;
         s.routed = f.routed;
         s.dropped = f.dropped.clone();
+        s.dead_letters = f.dead_letters.clone();
+        s.dead_letters_dropped = f.dead_letters_dropped.clone();
+        s.share_groups = f.share_groups as u64;
+        s.share_members = f.share_members as u64;
+        s.shared_handed_over = f.shared_handed_over;
         s.bridges = self.bridges.iter().map(|b| b.figures()).collect();
         (s, f)
     }

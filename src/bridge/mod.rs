@@ -94,7 +94,9 @@ impl BridgeHandle {
 
 /// The local client id of a bridge's journal session.
 fn journal_client_id(name: &str) -> ClientId {
-    format!("$bridge/{name}").as_str().into()
+    format!("{}{name}", crate::broker::registry::JOURNAL_PREFIX)
+        .as_str()
+        .into()
 }
 
 /// The TLS client configuration of a bridge, when it has `ca_file`; the error names the

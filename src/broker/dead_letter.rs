@@ -34,9 +34,62 @@ pub(crate) enum Reason {
     Expired,
     /// A share group had no member that could take it.
     NoMember,
+    /// A bridge's journal (`$bridge/NAME`) refused it: at `max_journal_messages`,
+    /// `max_journal_bytes`, or the global budget. Its `{client_id}` level is the bridge's name.
+    JournalFull,
 }
 
-const REASONS: usize = 5;
+const REASONS: usize = 6;
+
+/// Every reason, in `Reason as usize` order.
+pub(crate) const ALL_REASONS: [Reason; REASONS] = [
+    Reason::QueueFullMessages,
+    Reason::QueueFullBytes,
+    Reason::Budget,
+    Reason::Expired,
+    Reason::NoMember,
+    Reason::JournalFull,
+];
+
+/// Why a dead letter itself was lost (label `reason` of `brokerd_dead_letters_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lost {
+    /// The dead-letter queue was at `[dead_letter] max_queued_messages`.
+    QueueMessages = 0,
+    /// The dead-letter queue was at `[dead_letter] max_queued_bytes`.
+    QueueBytes,
+    /// The message dropped was a dead letter itself (dropped for a `$DLQ` subscriber).
+    DeadLetter,
+    /// `$DLQ/{reason}/{client_id}/{topic}` would not be a valid topic name.
+    InvalidTopic,
+}
+
+const LOSTS: usize = 4;
+
+impl Lost {
+    pub(crate) const ALL: [Lost; LOSTS] = [
+        Lost::QueueMessages,
+        Lost::QueueBytes,
+        Lost::DeadLetter,
+        Lost::InvalidTopic,
+    ];
+
+    pub(crate) const LABELS: [&'static str; LOSTS] = [
+        "max_queued_messages",
+        "max_queued_bytes",
+        "dead_letter_dropped",
+        "invalid_topic",
+    ];
+
+    fn why(self) -> &'static str {
+        match self {
+            Lost::QueueMessages => "dead_letter.max_queued_messages reached",
+            Lost::QueueBytes => "dead_letter.max_queued_bytes reached",
+            Lost::DeadLetter => "a dead letter was dropped for a $DLQ subscriber",
+            Lost::InvalidTopic => "the dead-letter topic would not be a valid topic name",
+        }
+    }
+}
 
 impl Reason {
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +99,7 @@ impl Reason {
             Reason::Budget => "budget",
             Reason::Expired => "expired",
             Reason::NoMember => "no_member",
+            Reason::JournalFull => "journal_full",
         }
     }
 }
@@ -64,8 +118,10 @@ impl From<QueueFull> for Reason {
 #[derive(Debug)]
 pub(crate) struct DeadLetter {
     reason: Reason,
-    /// The subscriber's client id (the group name for `no_member`).
+    /// The subscriber's client id (the group name for `no_member`); the `{client_id}` level
+    /// is `client[skip..]` (a bridge journal's name without `$bridge/`: one level, no copy).
     client: Arc<str>,
+    skip: usize,
     msg: SharedMessage,
     qos: QoS,
 }
@@ -83,11 +139,11 @@ pub(crate) struct DeadLetters {
     queued_bytes: AtomicUsize,
     /// Drops seen, per reason (counted whether enabled or not).
     by_reason: [AtomicU64; REASONS],
-    /// Dead letters published.
-    pub(crate) published: AtomicU64,
-    /// Dead letters lost: the dead-letter queue was full, the topic would be invalid, or the
-    /// message dropped was a dead letter itself.
-    pub(crate) lost: AtomicU64,
+    /// Dead letters published, per reason (bumped by the one publisher task).
+    published: [AtomicU64; REASONS],
+    /// Dead letters lost, per `Lost`: the dead-letter queue was full, the topic would be
+    /// invalid, or the message dropped was a dead letter itself.
+    lost: [AtomicU64; LOSTS],
     start: Instant,
     last_warn_s: AtomicU64,
 }
@@ -103,8 +159,8 @@ impl DeadLetters {
             rx: Mutex::new(Some(rx)),
             queued_bytes: AtomicUsize::new(0),
             by_reason: Default::default(),
-            published: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
+            published: Default::default(),
+            lost: Default::default(),
             start: Instant::now(),
             last_warn_s: AtomicU64::new(0),
         }
@@ -119,39 +175,81 @@ impl DeadLetters {
         self.by_reason[reason as usize].load(Ordering::Relaxed)
     }
 
+    /// Dead letters published for `reason`.
+    pub(crate) fn published(&self, reason: Reason) -> u64 {
+        self.published[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Dead letters published, all reasons.
+    pub(crate) fn published_total(&self) -> u64 {
+        ALL_REASONS.iter().map(|r| self.published(*r)).sum()
+    }
+
+    /// Dead letters lost for `why`.
+    pub(crate) fn lost(&self, why: Lost) -> u64 {
+        self.lost[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Dead letters lost, all causes.
+    pub(crate) fn lost_total(&self) -> u64 {
+        self.lost.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+    }
+
     /// Records that `msg` (at `qos` for that subscriber) was dropped for `client`, and queues
     /// its dead letter when enabled. Never blocks.
     pub(crate) fn note(&self, reason: Reason, client: &Arc<str>, msg: &SharedMessage, qos: QoS) {
+        self.note_as(reason, client, 0, msg, qos);
+    }
+
+    /// `note`, with the `{client_id}` level `client[skip..]`.
+    pub(crate) fn note_as(
+        &self,
+        reason: Reason,
+        client: &Arc<str>,
+        skip: usize,
+        msg: &SharedMessage,
+        qos: QoS,
+    ) {
         self.by_reason[reason as usize].fetch_add(1, Ordering::Relaxed);
         if !self.enabled {
             return;
         }
-        if msg.topic.as_str().starts_with(DLQ_PREFIX) {
-            // A dead letter dropped for its own subscriber: counted, never dead-lettered again.
-            self.lose("a dead letter was dropped for a $DLQ subscriber");
+        let topic = msg.topic.as_str();
+        if topic.starts_with(DLQ_PREFIX) {
+            // A dead letter dropped for its own subscriber (or a bridge journal): counted,
+            // never dead-lettered again.
+            self.lose(Lost::DeadLetter);
+            return;
+        }
+        if topic.starts_with("$SYS/") {
+            // `$SYS` values are republished every interval (the next one replaces this one):
+            // the drop is counted, a dead letter would only be noise.
             return;
         }
         let len = msg.payload.len();
         if self.max_bytes != 0 && self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
-            self.lose("dead_letter.max_queued_bytes reached");
+            self.lose(Lost::QueueBytes);
             return;
         }
         let letter = DeadLetter {
             reason,
             client: client.clone(),
+            skip: skip.min(client.len()),
             msg: msg.clone(),
             qos: min_qos(qos, self.max_qos),
         };
         self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         if self.tx.try_send(letter).is_err() {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.lose("dead_letter.max_queued_messages reached");
+            self.lose(Lost::QueueMessages);
         }
     }
 
     /// Counts a lost dead letter; warns at most once a second.
-    fn lose(&self, why: &'static str) {
-        let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+    fn lose(&self, cause: Lost) {
+        let why = cause.why();
+        self.lost[cause as usize].fetch_add(1, Ordering::Relaxed);
+        let lost = self.lost_total();
         let now_s = self.start.elapsed().as_secs() + 1;
         let last = self.last_warn_s.load(Ordering::Relaxed);
         if now_s > last
@@ -182,14 +280,14 @@ impl DeadLetters {
         let topic = format!(
             "{DLQ_PREFIX}{}/{}/{}",
             letter.reason.name(),
-            letter.client,
+            letter.client.get(letter.skip..).unwrap_or(""),
             letter.msg.topic.as_str()
         );
         let Ok(topic) = TopicName::parse(&topic) else {
-            self.lose("the dead-letter topic would not be a valid topic name");
+            self.lose(Lost::InvalidTopic);
             return None;
         };
-        self.published.fetch_add(1, Ordering::Relaxed);
+        self.published[letter.reason as usize].fetch_add(1, Ordering::Relaxed);
         Some(Arc::new(Message {
             topic,
             payload: letter.msg.payload.clone(),
@@ -262,14 +360,47 @@ mod tests {
                 QoS::AtLeastOnce,
             );
         }
-        assert_eq!(dl.lost.load(Ordering::Relaxed), 3);
+        assert_eq!(dl.lost(Lost::QueueMessages), 3);
         dl.note(
             Reason::QueueFullBytes,
             &Arc::from("c"),
             &msg("$DLQ/budget/c/t", b"x"),
             QoS::AtLeastOnce,
         );
-        assert_eq!(dl.lost.load(Ordering::Relaxed), 4);
+        assert_eq!(dl.lost(Lost::DeadLetter), 1);
+        assert_eq!(dl.lost_total(), 4);
         assert_eq!(dl.count(Reason::Budget), 5);
+    }
+
+    /// issue #11 item 2: a bridge journal's refusal is `$DLQ/journal_full/{bridge}/{topic}`
+    /// (one client-id level, counted per reason); a `$SYS` drop is counted, never queued.
+    #[test]
+    fn journal_letters_name_the_bridge_and_sys_drops_are_not_letters() {
+        let dl = DeadLetters::new(&config(4));
+        let mut rx = dl.take_receiver().expect("receiver");
+        let journal: Arc<str> = Arc::from("$bridge/up");
+        dl.note_as(
+            Reason::JournalFull,
+            &journal,
+            "$bridge/".len(),
+            &msg("a/b", b"p"),
+            QoS::AtLeastOnce,
+        );
+        let m = dl
+            .letter_message(rx.try_recv().expect("queued"))
+            .expect("valid");
+        assert_eq!(m.topic.as_str(), "$DLQ/journal_full/up/a/b");
+        assert_eq!(dl.published(Reason::JournalFull), 1);
+        dl.note(
+            Reason::QueueFullMessages,
+            &Arc::from("c"),
+            &msg("$SYS/broker/uptime", b"1"),
+            QoS::AtMostOnce,
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            (dl.count(Reason::QueueFullMessages), dl.lost_total()),
+            (1, 0)
+        );
     }
 }

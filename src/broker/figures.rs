@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::dead_letter::{Lost, Reason, ALL_REASONS};
 use super::Broker;
 use crate::topic::ClientId;
 
@@ -30,8 +31,18 @@ pub(crate) struct Figures {
     pub(crate) inflight: usize,
     /// Messages routed (client publishes, wills, `$SYS`).
     pub(crate) routed: u64,
-    /// Deliveries dropped, by reason label (the queue bounds), then publishes denied.
+    /// Deliveries dropped, by reason label (the queue bounds), then publishes denied,
+    /// messages no member of a share group could take, and queues of expired sessions.
     pub(crate) dropped: Vec<(&'static str, u64)>,
+    /// Dead letters published, by reason (`$DLQ/{reason}/...`).
+    pub(crate) dead_letters: Vec<(&'static str, u64)>,
+    /// Dead letters lost, by cause.
+    pub(crate) dead_letters_dropped: Vec<(&'static str, u64)>,
+    /// Share groups, and their members over all groups.
+    pub(crate) share_groups: usize,
+    pub(crate) share_members: usize,
+    /// Shared messages handed from a leaving member to the rest of its group.
+    pub(crate) shared_handed_over: u64,
     /// At most `top_n` clients, deepest queue first.
     pub(crate) top_clients: Vec<ClientFigures>,
 }
@@ -62,6 +73,25 @@ impl Broker {
             .collect();
         f.dropped
             .push(("publish_denied", inner.stats.denied.load(Relaxed)));
+        // Counters the drop paths already keep (nothing new on the message path).
+        f.dropped.push((
+            "share_group_no_member",
+            inner.shared.no_member.load(Relaxed),
+        ));
+        f.dropped
+            .push(("session_expired", inner.dead.count(Reason::Expired)));
+        f.dead_letters = ALL_REASONS
+            .iter()
+            .map(|r| (r.name(), inner.dead.published(*r)))
+            .collect();
+        f.dead_letters_dropped = Lost::LABELS
+            .iter()
+            .zip(Lost::ALL)
+            .map(|(l, c)| (*l, inner.dead.lost(c)))
+            .collect();
+        f.share_groups = inner.shared.len();
+        f.share_members = inner.shared.members();
+        f.shared_handed_over = inner.shared.handed_over.load(Relaxed);
         // Collected first: no shard lock of `sessions` is held while a session lock is taken
         // (connects take them in the other order).
         let all: Vec<_> = inner.sessions.iter().map(|e| e.value().clone()).collect();

@@ -161,8 +161,8 @@ impl Broker {
             shared_handed_over = inner.shared.handed_over.load(Ordering::Relaxed),
             shared_no_member = inner.shared.no_member.load(Ordering::Relaxed),
             dropped_expired = inner.dead.count(Reason::Expired),
-            dead_letters_published = inner.dead.published.load(Ordering::Relaxed),
-            dead_letters_lost = inner.dead.lost.load(Ordering::Relaxed),
+            dead_letters_published = inner.dead.published_total(),
+            dead_letters_lost = inner.dead.lost_total(),
             "broker stopped"
         );
     }
@@ -577,9 +577,21 @@ impl Broker {
     /// a second (QoS 0 drops are only counted, as Mosquitto does: QoS 0 promises nothing).
     fn note_drop(&self, session: &Session, msg: &SharedMessage, qos: QoS, full: QueueFull) {
         let inner = &*self.inner;
-        inner
-            .dead
-            .note(Reason::from(full), &session.client_id, msg, qos);
+        if session.is_journal() {
+            // Issue #11 item 2: a bridge journal refusing a message (its own bound or the
+            // budget) is `journal_full`, named by the bridge: `$DLQ/journal_full/NAME/...`.
+            let skip = session
+                .client_id
+                .strip_prefix(registry::JOURNAL_PREFIX)
+                .map_or(0, |_| registry::JOURNAL_PREFIX.len());
+            inner
+                .dead
+                .note_as(Reason::JournalFull, &session.client_id, skip, msg, qos);
+        } else {
+            inner
+                .dead
+                .note(Reason::from(full), &session.client_id, msg, qos);
+        }
         let total = inner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         inner.stats.dropped_by[full as usize].fetch_add(1, Ordering::Relaxed);
         if matches!(full, QueueFull::FairShare | QueueFull::TotalBytes) {

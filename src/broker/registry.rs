@@ -146,6 +146,9 @@ pub(crate) struct Session {
     pub(crate) limits: std::sync::OnceLock<Box<QueueLimits>>,
 }
 
+/// Client ids of bridge journals start with this (`$bridge/NAME`); clients may not use it.
+pub(crate) const JOURNAL_PREFIX: &str = "$bridge/";
+
 /// The result of offering a delivery to a session.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Offer {

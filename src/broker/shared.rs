@@ -152,6 +152,12 @@ impl SharedSubs {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Members over all groups (a scrape: one read lock per group, never on the message path).
+    pub(crate) fn members(&self) -> usize {
+        let groups: Vec<Arc<Group>> = self.groups.iter().map(|g| g.value().clone()).collect();
+        groups.iter().map(|g| read(&g.members).list.len()).sum()
+    }
+
     /// Adds `session` to the group of `filter` (a `$share/...` filter) with `qos`, or changes
     /// its QoS. Never called under a session lock (lock order: group, then session).
     pub(crate) fn join(&self, filter: &TopicFilter, session: &Arc<Session>, qos: QoS) {

@@ -946,6 +946,7 @@ pub fn qos(n: u8) -> QoS {
 }
 pub mod admin;
 pub mod certs;
+pub mod mosquitto;
 pub mod persist;
 
 // ---- Added for limits_attack.rs (append-only) ----
