@@ -21,7 +21,7 @@ use crate::limits::log_fold::{folded, Kind};
 use crate::protocol::codec::{self, Connect, Packet};
 use crate::store::AckPolicy;
 use crate::topic::{has_forbidden_char, ClientId};
-use crate::transport::{PeerIdentity, Transport};
+use crate::transport::{Ending, PeerIdentity, Transport};
 
 /// CONNACK return codes ([MQTT-3.2.2]).
 mod connack {
@@ -48,7 +48,10 @@ pub(super) async fn handshake<T: Transport>(
     let (ctx, shutdown) = (&ctx, &shutdown);
     let mut io = Io::new(transport, ctx.limits.bounds.max_packet_size());
     let first = tokio::select! {
-        _ = shutdown.cancelled() => return None,
+        _ = shutdown.cancelled() => {
+            refused(&mut io, Ending::GoingAway).await;
+            return None;
+        }
         r = timeout_at(deadline, io.read_packet()) => r,
     };
     // Above limits.max_conn_log_lines_per_s, these lines are folded into a summary.
@@ -61,6 +64,7 @@ pub(super) async fn handshake<T: Transport>(
                 info,
                 "closed: no CONNECT within limits.connect_timeout_ms"
             );
+            refused(&mut io, Ending::PolicyViolation).await;
             return None;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
@@ -71,6 +75,7 @@ pub(super) async fn handshake<T: Transport>(
                 warn,
                 "[MQTT-3.1.0-1] first packet is not CONNECT: closing"
             );
+            refused(&mut io, Ending::ProtocolError).await;
             return None;
         }
         Ok(Ok(None)) => {
@@ -88,11 +93,12 @@ pub(super) async fn handshake<T: Transport>(
             );
             ctx.metrics.refused(Refused::ProtocolVersion);
             codec::encode_connack(&mut io.wbuf, false, connack::BAD_PROTOCOL_LEVEL);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            refused(&mut io, Ending::ProtocolError).await;
             return None;
         }
         Ok(Err(ReadError::Protocol(e))) => {
             folded!(log, Kind::ProtocolError, warn, error = %e, "protocol violation before CONNECT: closing");
+            refused(&mut io, Ending::ProtocolError).await;
             return None;
         }
         Ok(Err(ReadError::Io(e))) => {
@@ -101,6 +107,16 @@ pub(super) async fn handshake<T: Transport>(
         }
     };
     accept_connect(io, connect, peer, identity, ctx, shutdown).await
+}
+
+/// Ends a connection refused before its session loop: what is buffered (a refusing CONNACK)
+/// goes out (within 1 s), then the transport's own close says `why` (a WebSocket close frame).
+async fn refused<T: Transport>(io: &mut Io<T>, why: Ending) {
+    if io.has_output() {
+        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+    }
+    io.transport.end(why);
+    io.transport.close().await;
 }
 
 /// Validates CONNECT, answers CONNACK and attaches the session. `None` if refused.
@@ -131,7 +147,7 @@ async fn accept_connect<T: Transport>(
                 "empty client id in MQTT 3.1 (MQIsdp): refused (0x02)"
             );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            refused(&mut io, Ending::Normal).await;
             return None;
         }
         if !c.clean_session {
@@ -142,7 +158,7 @@ async fn accept_connect<T: Transport>(
                 "[MQTT-3.1.3-8] empty client id with CleanSession=0: refused (0x02)"
             );
             refuse(&mut io, connack::IDENTIFIER_REJECTED);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            refused(&mut io, Ending::Normal).await;
             return None;
         }
         assign_client_id().into()
@@ -155,7 +171,7 @@ async fn accept_connect<T: Transport>(
             "client id in $bridge/ (reserved for bridge journals): refused (0x02)"
         );
         refuse(&mut io, connack::IDENTIFIER_REJECTED);
-        let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+        refused(&mut io, Ending::PolicyViolation).await;
         return None;
     } else {
         debug_assert!(!has_forbidden_char(&c.client_id));
@@ -175,7 +191,7 @@ async fn accept_connect<T: Transport>(
                 "client certificate has no CN usable as a username (tls.use_identity_as_username): refused (0x04)"
             );
             refuse(&mut io, connack::BAD_USERNAME_OR_PASSWORD);
-            let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+            refused(&mut io, Ending::PolicyViolation).await;
             return None;
         }
         None => {
@@ -197,7 +213,7 @@ async fn accept_connect<T: Transport>(
                             Refusal::Unavailable => connack::SERVER_UNAVAILABLE,
                         },
                     );
-                    let _ = timeout(Duration::from_secs(1), io.flush_all()).await;
+                    refused(&mut io, Ending::PolicyViolation).await;
                 }
                 return None;
             }
@@ -239,6 +255,7 @@ async fn accept_connect<T: Transport>(
         if !durable {
             warn!("session state not on disk within limits.connect_timeout_ms (disk full or failing?): closed without CONNACK");
             ctx.broker.detach(&attached.session, attached.conn_id);
+            refused(&mut io, Ending::InternalError).await;
             return None;
         }
     }

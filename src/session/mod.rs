@@ -35,7 +35,7 @@ use crate::message::{Message, QoS};
 use crate::protocol::codec::{self, Packet, Publish, Subscribe, Unsubscribe};
 use crate::store::{AckPolicy, Op, StoredState};
 use crate::topic::ClientId;
-use crate::transport::Transport;
+use crate::transport::{Ending, Transport};
 use io::{Fill, Io, WRITE_HIGH_WATER};
 
 /// What every connection task shares.
@@ -72,6 +72,25 @@ pub(crate) enum DisconnectReason {
     ServerShutdown,
     /// A socket error, including EOF inside a packet.
     Io(std::io::Error),
+}
+
+impl DisconnectReason {
+    /// What the transport's own close says (a WebSocket's close status). A keep-alive timeout
+    /// is a normal end (1000), like a takeover: the client broke no rule of the protocol's
+    /// syntax, its connection just went quiet.
+    fn ending(&self) -> Ending {
+        match self {
+            DisconnectReason::ClientDisconnect
+            | DisconnectReason::PeerClosed
+            | DisconnectReason::KeepAliveTimeout
+            | DisconnectReason::TakenOver { .. } => Ending::Normal,
+            DisconnectReason::Protocol(_) | DisconnectReason::Violation(_) => Ending::ProtocolError,
+            DisconnectReason::ServerShutdown => Ending::GoingAway,
+            // Refused WebSocket frames already queued their own close; other socket errors
+            // leave nothing to send a close frame on.
+            DisconnectReason::Io(_) => Ending::Abort,
+        }
+    }
 }
 
 /// Resolves when the durable ticket changes; never, without a store or once it is closed.
@@ -762,6 +781,7 @@ impl<T: Transport> Connection<T> {
             }
             other => folded!(log, Kind::Disconnected, info, reason = ?other, "disconnected"),
         }
+        self.io.transport.end(reason.ending());
         self.io.transport.close().await;
     }
 }

@@ -56,11 +56,36 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// still wait to go out on the socket.
     fn has_buffered_output(&self) -> bool;
 
+    /// Says why the broker ends the stream, before `close`: a WebSocket queues its close frame
+    /// with the matching status (unless one was already queued, answering the client's close
+    /// or refusing its frames). Nothing for TCP and TLS.
+    fn end(&mut self, _why: Ending) {}
+
     /// Ends the stream as its protocol asks, bounded in time, after the session is over (the
     /// socket closes when the transport is dropped). Nothing for TCP and TLS; a WebSocket whose
-    /// close frame was sent waits briefly for the client's end, so that the close frame is not
-    /// lost to a reset.
+    /// close frame was queued (by `end`, the client's close, or refused frames) sends it and
+    /// waits briefly for the client's end, so that the close frame is not lost to a reset.
     fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
         std::future::ready(())
     }
+}
+
+/// Why the broker ends a connection, as far as the transport's own close tells the client
+/// (WebSocket close status codes, RFC 6455 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// A normal end: the client's DISCONNECT, a takeover by a new connection with the same
+    /// client id, a keep-alive timeout, a refused CONNECT (1000).
+    Normal,
+    /// The broker is shutting down (1001).
+    GoingAway,
+    /// The client broke a rule of MQTT (1002).
+    ProtocolError,
+    /// Refused by a limit or by authentication: `limits.connect_timeout_ms`, a refused login
+    /// or client id (1008).
+    PolicyViolation,
+    /// The broker cannot serve the connection (its store is failing) (1011).
+    InternalError,
+    /// The client's TCP is gone or failed: no close frame can reach it, none is sent.
+    Abort,
 }

@@ -6,7 +6,8 @@
 //! message is ever buffered here (a frame header of at most 14 bytes, a control payload of at
 //! most 125, and at most one pong plus one close waiting to go out); a frame or message over
 //! the limit, a text frame and any protocol violation get a close frame with its status code
-//! and end the stream with an error (`Refused`), never a panic.
+//! and end the stream with an error (`Refused`), never a panic; a connection the broker ends
+//! itself gets a close frame with the status for its `Ending` before TCP closes.
 
 mod handshake;
 
@@ -20,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, Ready};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Transport;
+use super::{Ending, Transport};
 pub(crate) use handshake::{HandshakeError, WsAcceptor};
 
 /// Opcodes (RFC 6455 5.2).
@@ -35,9 +36,13 @@ mod op {
 
 /// Close status codes (RFC 6455 7.4.1).
 mod status {
+    pub(super) const NORMAL: u16 = 1000;
+    pub(super) const GOING_AWAY: u16 = 1001;
     pub(super) const PROTOCOL_ERROR: u16 = 1002;
     pub(super) const UNSUPPORTED_DATA: u16 = 1003;
+    pub(super) const POLICY_VIOLATION: u16 = 1008;
     pub(super) const TOO_BIG: u16 = 1009;
+    pub(super) const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// How long, at most, a connection whose close frame was sent waits for the client to close
@@ -550,6 +555,28 @@ impl Transport for Ws {
 
     fn has_buffered_output(&self) -> bool {
         self.tx.has_output()
+    }
+
+    fn end(&mut self, why: Ending) {
+        let (code, reason) = match why {
+            Ending::Normal => (status::NORMAL, ""),
+            Ending::GoingAway => (status::GOING_AWAY, "broker shutting down"),
+            Ending::ProtocolError => (status::PROTOCOL_ERROR, "MQTT protocol violation"),
+            Ending::PolicyViolation => (status::POLICY_VIOLATION, "refused"),
+            Ending::InternalError => (status::INTERNAL_ERROR, "broker error"),
+            Ending::Abort => return,
+        };
+        // A close already queued (the client's answered, or its frames refused) keeps its code.
+        if self.rx.closed {
+            return;
+        }
+        if self.tx.ctrl_at == 0 {
+            // A pong not started yet is not needed any more; one half-written must finish.
+            self.tx.ctrl.clear();
+        }
+        self.tx.queue_close(Some(code), reason);
+        // What the client still sends is discarded from now on (see `close`).
+        self.rx.closed = true;
     }
 
     async fn close(&mut self) {
