@@ -462,6 +462,8 @@ fn logins_and_acls_apply_over_websocket() {
             .encode(),
     );
     assert_eq!(bad.packet(), Some(vec![0x20, 2, 0, 5]));
+    // issue #10 item 1 (close frames): a refused login is then a policy violation (1008).
+    bad.expect_close(1008);
     let alice = || {
         RawConnect::new("ws-alice")
             .username("alice")
@@ -572,4 +574,70 @@ fn trusted_proxies_change_on_sighup() {
     assert!(line.contains("peer=203.0.113.7 proxy=127.0.0.1:"), "{line}");
     before.send(&[0xC0, 0x00]);
     assert_eq!(before.packet(), Some(vec![0xD0, 0x00]));
+}
+
+/// issue #10 item 1 (close frames): a keep-alive timeout ends the WebSocket with a close frame
+/// 1000 (a normal end: the client broke no rule, it went quiet), not a bare TCP close (1006).
+#[test]
+fn keep_alive_timeout_sends_close_1000() {
+    let b = BrokerProc::start(WS);
+    let mut c = RawConnect::new("ws-quiet");
+    c.keep_alive = 1;
+    let mut ws = WsClient::connected(b.ws_addr.unwrap(), &c);
+    // Nothing sent: 1.5 x 1 s later the broker ends the session.
+    ws.expect_close(1000);
+    b.wait_log("disconnected reason=KeepAliveTimeout");
+}
+
+/// issue #10 item 1 (close frames): an MQTT protocol violation (a second CONNECT,
+/// [MQTT-3.1.0-2]) ends the WebSocket with a close frame 1002 (protocol error).
+#[test]
+fn second_connect_sends_close_1002() {
+    let b = BrokerProc::start(WS);
+    let c = RawConnect::new("ws-twice");
+    let mut ws = WsClient::connected(b.ws_addr.unwrap(), &c);
+    ws.send(&c.encode());
+    ws.expect_close(1002);
+    b.wait_log("second CONNECT");
+}
+
+/// issue #10 item 1 (close frames): a takeover by a new connection with the same client id
+/// ends the old WebSocket with a close frame 1000, and the new one is connected.
+#[test]
+fn takeover_sends_close_1000() {
+    let b = BrokerProc::start(WS);
+    let addr = b.ws_addr.unwrap();
+    let mut old = WsClient::connected(addr, &RawConnect::new("ws-taken"));
+    let mut new = WsClient::connected(addr, &RawConnect::new("ws-taken"));
+    old.expect_close(1000);
+    new.send(&[0xC0, 0x00]);
+    assert_eq!(new.packet(), Some(vec![0xD0, 0x00]));
+}
+
+/// issue #10 item 1 (close frames): no CONNECT within limits.connect_timeout_ms ends the
+/// WebSocket with a close frame 1008 (policy violation: a limit).
+#[test]
+fn connect_timeout_sends_close_1008() {
+    let b = BrokerProc::start(&format!("{WS}[limits]\nconnect_timeout_ms = 300\n"));
+    let mut ws = WsClient::new(b.ws_addr.unwrap());
+    ws.expect_close(1008);
+    b.wait_log("no CONNECT within limits.connect_timeout_ms");
+}
+
+/// issue #10 item 1 (close frames): SIGTERM ends every WebSocket with a close frame 1001
+/// (going away), connected or still before CONNECT, and the broker exits 0 within its grace.
+#[test]
+fn shutdown_sends_close_1001() {
+    let mut b = BrokerProc::start(WS);
+    let addr = b.ws_addr.unwrap();
+    let mut ws = WsClient::connected(addr, &RawConnect::new("ws-shutdown"));
+    let mut early = WsClient::new(addr);
+    // The early connection's upgrade is done once it answers a ping: it waits for CONNECT.
+    early.frame(true, PING, b"up", true);
+    assert_eq!(early.read_frame(), Some((true, PONG, b"up".to_vec())));
+    b.signal("TERM");
+    ws.expect_close(1001);
+    early.expect_close(1001);
+    let status = b.wait_exit(WAIT).expect("broker exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
