@@ -641,3 +641,19 @@ fn shutdown_sends_close_1001() {
     let status = b.wait_exit(WAIT).expect("broker exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// issue #10 item 1 (close frames): a malformed packet ([MQTT-4.8.0-1], here a PUBLISH with
+/// QoS 3) and a first packet that is not CONNECT ([MQTT-3.1.0-1]) both end the WebSocket with
+/// a close frame 1002 (protocol error).
+#[test]
+fn malformed_packets_send_close_1002() {
+    let b = BrokerProc::start(WS);
+    let addr = b.ws_addr.unwrap();
+    let mut ws = WsClient::connected(addr, &RawConnect::new("ws-malformed"));
+    ws.send(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]);
+    ws.expect_close(1002);
+    let mut first = WsClient::new(addr);
+    first.send(&[0xC0, 0x00]);
+    first.expect_close(1002);
+    b.wait_log("first packet is not CONNECT");
+}
