@@ -370,6 +370,18 @@ pub async fn run(
         );
         spawn_config_reloader(reloader, reload.subscribe(), &token, &tracker);
     }
+    // One accept loop per listener, over the same context and shared admission.
+    let accept = |listener, kind| {
+        server::accept_loop(
+            listener,
+            kind,
+            ctx.clone(),
+            admission.clone(),
+            closing.clone(),
+            token.clone(),
+            tracker.clone(),
+        )
+    };
     let tls_local = match tls_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, "listening (tls)");
@@ -377,16 +389,7 @@ pub async fn run(
             // configuration (the reloader above); the poller keeps watching them for changes.
             let signals = reload.source.is_none().then(|| reload.subscribe());
             spawn_tls_reloader(acceptor.clone(), signals, &token, &tracker);
-            let accept = server::accept_loop(
-                listener,
-                server::Kind::Tls(acceptor),
-                ctx.clone(),
-                admission.clone(),
-                closing.clone(),
-                token.clone(),
-                tracker.clone(),
-            );
-            tracker.spawn(accept);
+            tracker.spawn(accept(listener, server::Kind::Tls(acceptor)));
             Some(addr)
         }
         None => None,
@@ -394,16 +397,7 @@ pub async fn run(
     let ws_local = match ws_listener {
         Some((listener, addr, acceptor)) => {
             info!(%addr, path = %config.websocket.path, "listening (websocket)");
-            let accept = server::accept_loop(
-                listener,
-                server::Kind::Ws(acceptor),
-                ctx.clone(),
-                admission.clone(),
-                closing.clone(),
-                token.clone(),
-                tracker.clone(),
-            );
-            tracker.spawn(accept);
+            tracker.spawn(accept(listener, server::Kind::Ws(acceptor)));
             Some(addr)
         }
         None => None,
@@ -430,15 +424,7 @@ pub async fn run(
         http: admin.as_ref().map(|a| a.addr),
         ws: ws_local,
     });
-    let accept = server::accept_loop(
-        listener,
-        server::Kind::Plain,
-        ctx.clone(),
-        admission,
-        closing.clone(),
-        token.clone(),
-        tracker.clone(),
-    );
+    let accept = accept(listener, server::Kind::Plain);
     tokio::select! {
         _ = accept => {}
         _ = shutdown => info!("shutdown requested"),

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::BytesMut;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ConnectionCommon, ServerConfig, ServerConnection};
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tracing::{error, info};
@@ -36,7 +36,9 @@ pub(crate) struct Tls {
 
 /// The socket as the `Read`/`Write` rustls expects, without waiting: `WouldBlock` passes
 /// through (and clears the socket's readiness, so `ready` then waits for the next event).
-struct Sock<'a>(&'a TcpStream);
+/// Shared with the client side (`tls_client`), as are the record helpers below: both sides
+/// drive a rustls `ConnectionCommon` over a `TcpStream` the same way.
+pub(super) struct Sock<'a>(pub(super) &'a TcpStream);
 
 impl Read for Sock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -59,7 +61,7 @@ impl Write for Sock<'_> {
 }
 
 /// Writes the records rustls has ready until they are all out or the socket is full.
-fn flush_records(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
+pub(super) fn flush_records<D>(conn: &mut ConnectionCommon<D>, tcp: &TcpStream) -> io::Result<()> {
     while conn.wants_write() {
         match conn.write_tls(&mut Sock(tcp)) {
             Ok(_) => {}
@@ -73,7 +75,10 @@ fn flush_records(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()>
 
 /// Handles the records read so far; returns how many decrypted bytes rustls now holds. On a TLS
 /// error the alert rustls queued is sent (best effort, without waiting) so the peer learns why.
-fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> Result<usize, rustls::Error> {
+pub(super) fn process<D>(
+    conn: &mut ConnectionCommon<D>,
+    tcp: &TcpStream,
+) -> Result<usize, rustls::Error> {
     match conn.process_new_packets() {
         Ok(state) => Ok(state.plaintext_bytes_to_read()),
         Err(e) => {
@@ -86,8 +91,8 @@ fn process(conn: &mut ServerConnection, tcp: &TcpStream) -> Result<usize, rustls
 /// Moves up to `available` decrypted bytes into the spare capacity of `buf`. With none
 /// available, rustls says why: `WouldBlock` (it needs records), `Ok(0)` (close_notify) or
 /// `UnexpectedEof` (TCP closed without it).
-fn read_plaintext(
-    conn: &mut ServerConnection,
+pub(super) fn read_plaintext<D>(
+    conn: &mut ConnectionCommon<D>,
     buf: &mut BytesMut,
     available: usize,
 ) -> io::Result<usize> {

@@ -5,7 +5,7 @@
 //! every error names the key and the file.
 
 use std::future::Future;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,12 +16,11 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 
+use super::tls::{flush_records, process, read_plaintext, Sock};
 use super::Transport;
 
 /// PEM files larger than this are refused (a certificate chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
-/// Plaintext moved per read, as the listener's `Tls`.
-const MAX_PLAINTEXT_READ: usize = 16 * 1024;
 
 fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
@@ -91,71 +90,9 @@ pub(crate) struct TlsClient {
     plaintext: usize,
 }
 
-/// The socket as `Read`/`Write` for rustls, without waiting.
-struct Sock<'a>(&'a TcpStream);
-
-impl Read for Sock<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-impl Write for Sock<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn flush_records(conn: &mut ClientConnection, tcp: &TcpStream) -> io::Result<()> {
-    while conn.wants_write() {
-        match conn.write_tls(&mut Sock(tcp)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn process(conn: &mut ClientConnection, tcp: &TcpStream) -> io::Result<usize> {
-    match conn.process_new_packets() {
-        Ok(state) => Ok(state.plaintext_bytes_to_read()),
-        Err(e) => {
-            // Send the alert that says why, then fail.
-            let _ = flush_records(conn, tcp);
-            Err(io::Error::new(io::ErrorKind::InvalidData, e))
-        }
-    }
-}
-
-/// Moves decrypted bytes into `buf`: `available` of them, or with none known a one-byte probe
-/// that tells "nothing yet" (`WouldBlock`) from the end of the stream (`Ok(0)`).
-fn read_plaintext(
-    conn: &mut ClientConnection,
-    buf: &mut BytesMut,
-    available: usize,
-) -> io::Result<usize> {
-    if available == 0 {
-        let mut probe = [0u8; 1];
-        let n = conn.reader().read(&mut probe)?;
-        buf.extend_from_slice(&probe[..n]);
-        return Ok(n);
-    }
-    let start = buf.len();
-    let len = available.min(MAX_PLAINTEXT_READ);
-    buf.resize(start + len, 0);
-    let r = conn.reader().read(&mut buf[start..]);
-    buf.truncate(start + r.as_ref().map_or(0, |n| *n));
-    r
+/// A TLS error as the `io::Error` the link reports (the alert was sent by `process`).
+fn invalid_data(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl TlsClient {
@@ -188,7 +125,7 @@ impl TlsClient {
             }
             match conn.read_tls(&mut Sock(&tcp)) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => plaintext = process(&mut conn, &tcp)?,
+                Ok(_) => plaintext = process(&mut conn, &tcp).map_err(invalid_data)?,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tcp.ready(Interest::READABLE).await?;
                 }
@@ -231,7 +168,7 @@ impl Transport for TlsClient {
             // Nothing decrypted is waiting: take records from the socket (`WouldBlock` ends
             // the call when it has none).
             self.conn.read_tls(&mut Sock(&self.tcp))?;
-            self.plaintext = process(&mut self.conn, &self.tcp)?;
+            self.plaintext = process(&mut self.conn, &self.tcp).map_err(invalid_data)?;
         }
     }
 
