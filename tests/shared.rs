@@ -550,3 +550,131 @@ async fn share_groups_members_and_hand_overs_in_metrics() {
         assert_eq!(value(&after, &series), 0.0, "dead letters are off");
     }
 }
+
+/// Waits up to `limit` for `cond`, without failing: a pacing step whose outcome the test
+/// asserts later, with a clearer message.
+async fn settle(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A rumqttc member that acknowledges every delivery at once, recording the payloads, until
+/// the returned task is aborted.
+fn acking_member(
+    mut c: Client,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::Mutex<Vec<usize>>>,
+) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Some(p) = c.next_publish_within(Duration::from_secs(60)).await {
+            let n = String::from_utf8_lossy(&p.payload)
+                .parse()
+                .unwrap_or(usize::MAX);
+            s.lock().expect("lock").push(n);
+        }
+    });
+    (task, seen)
+}
+
+/// issue #12 item 2 (least_inflight): of two members, one that never acknowledges (A) and one
+/// that acknowledges at once (B), A is given almost nothing: 200 QoS 1 messages in bursts of 5
+/// leave A holding at most `max_inflight` (10; round robin would give it about 100: the
+/// strategy is told apart by this), B the rest; when A's socket closes, exactly what it held
+/// (counted by `brokerd_shared_messages_handed_over_total`) goes to B, which ends with all
+/// 200, once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_inflight_gives_a_member_that_never_acks_almost_nothing() {
+    use common::admin::{scrape, value};
+    const N: usize = 200;
+    const MAX_INFLIGHT: usize = 10;
+    const HANDED: &str = "brokerd_shared_messages_handed_over_total";
+    let b = BrokerProc::start(&format!(
+        "[limits]\nmax_inflight = {MAX_INFLIGHT}\nmax_queued_messages = 1000\n\
+         [shared_subscriptions]\nstrategy = \"least_inflight\"\n"
+    ));
+    let before = scrape(&b);
+    let (a, stop_a, a_seen) = raw_member_never_acking(b.addr, "lq-a", "$share/g/lq/#");
+    let (b_task, b_seen) = acking_member(member(b.addr, "lq-b", "$share/g/lq/#").await);
+    let mut publ = connect(b.addr, "lq-pub").await;
+    let msgs: Vec<(String, String)> = (0..N).map(|i| ("lq/t".into(), i.to_string())).collect();
+    let mut published = 0;
+    for chunk in msgs.chunks(5) {
+        publish_all(&mut publ, chunk).await;
+        published += chunk.len();
+        // Pace the bursts: until each delivery reached its member (what A holds is in flight
+        // while it holds at most its window), so B's backlog is one burst at most.
+        settle(WAIT, || {
+            a_seen.lock().expect("lock").len() + b_seen.lock().expect("lock").len() >= published
+        })
+        .await;
+    }
+    let a_got = a_seen.lock().expect("lock").len();
+    stop_a.store(true, Ordering::Relaxed);
+    a.join().expect("A's thread");
+    eventually("B has all, A's handed over", || {
+        b_seen.lock().expect("lock").len() >= N
+    })
+    .await;
+    let handed = value(&scrape(&b), HANDED) - value(&before, HANDED);
+    assert!(
+        (1.0..=MAX_INFLIGHT as f64).contains(&handed),
+        "A held {handed} of {N} (it received {a_got}): least_inflight gives a member that never \
+         acknowledges at most its window"
+    );
+    assert_eq!(handed, a_got as f64, "A held exactly what it received");
+    // A second copy of anything would arrive within this.
+    let mut b_got = Vec::new();
+    settle(Duration::from_millis(300), || {
+        b_got = b_seen.lock().expect("lock").clone();
+        b_got.len() > N
+    })
+    .await;
+    b_task.abort();
+    b_got.sort_unstable();
+    assert_eq!(b_got, (0..N).collect::<Vec<_>>(), "all, once each, at B");
+    assert!(!b.log().contains("queue full"), "nothing dropped");
+}
+
+/// issue #12 item 2 (least_inflight): with neither member full, each message goes to the one
+/// with fewer in flight: A holds 3 unacknowledged when B joins, so the next 3 all go to B (round
+/// robin would give A one or two), then 4 more split 2 and 2. Neither member acknowledges, so
+/// the loads only change by dispatch: deterministic.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_inflight_prefers_the_member_with_fewer_in_flight() {
+    let b = BrokerProc::start(
+        "[limits]\nmax_inflight = 10\nmax_queued_messages = 1000\n\
+         [shared_subscriptions]\nstrategy = \"least_inflight\"\n",
+    );
+    let mut publ = connect(b.addr, "lp-pub").await;
+    let msgs = |r: std::ops::Range<usize>| -> Vec<(String, String)> {
+        r.map(|i| ("lp/t".into(), i.to_string())).collect()
+    };
+    let (a, stop_a, a_seen) = raw_member_never_acking(b.addr, "lp-a", "$share/g/lp/#");
+    publish_all(&mut publ, &msgs(0..3)).await;
+    let count = |s: &Arc<std::sync::Mutex<Received>>| s.lock().expect("lock").len();
+    eventually("A holds 3", || count(&a_seen) == 3).await;
+    let (bt, stop_b, b_seen) = raw_member_never_acking(b.addr, "lp-b", "$share/g/lp/#");
+    publish_all(&mut publ, &msgs(3..6)).await;
+    eventually("6 delivered", || count(&a_seen) + count(&b_seen) == 6).await;
+    assert_eq!(
+        (count(&a_seen), count(&b_seen)),
+        (3, 3),
+        "the 3 after B joined all went to B, which had fewer in flight"
+    );
+    publish_all(&mut publ, &msgs(6..10)).await;
+    eventually("10 delivered", || count(&a_seen) + count(&b_seen) == 10).await;
+    assert_eq!(
+        (count(&a_seen), count(&b_seen)),
+        (5, 5),
+        "with equal loads, alternately"
+    );
+    for (t, stop) in [(a, stop_a), (bt, stop_b)] {
+        stop.store(true, Ordering::Relaxed);
+        t.join().expect("member thread");
+    }
+}
