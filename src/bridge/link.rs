@@ -734,18 +734,8 @@ impl Link {
             let Some(o) = st.out.next(limits) else { break };
             n += 1;
             let mut ticket = 0;
-            if o.delivery.seq != 0 {
-                let client = self.client_id.clone();
-                let seq = o.delivery.seq;
-                let t = self.broker.store().submit(if o.pkid == 0 {
-                    Op::MsgDel { client, seq }
-                } else {
-                    Op::MsgState {
-                        client,
-                        seq,
-                        state: StoredState::Sent(o.pkid),
-                    }
-                });
+            if let Some(op) = o.sent_op(&self.client_id) {
+                let t = self.broker.store().submit(op);
                 // [MQTT-4.3.3] a QoS 2 PUBLISH goes out once its id is on disk (as a session).
                 if o.delivery.qos == QoS::ExactlyOnce {
                     ticket = t;

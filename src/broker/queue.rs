@@ -187,6 +187,27 @@ pub(crate) struct Outgoing {
     pub(crate) pkid: u16,
 }
 
+impl Outgoing {
+    /// What the store of `client` learns when this goes out: a persisted QoS 0 message is
+    /// done (deleted), a QoS 1/2 one is sent under its packet id. None when not persisted.
+    /// One place for sessions and bridge links, which send from the same queues.
+    pub(crate) fn sent_op(&self, client: &crate::topic::ClientId) -> Option<crate::store::Op> {
+        use crate::store::{Op, StoredState};
+        let (client, seq) = (client.clone(), self.delivery.seq);
+        (seq != 0).then(|| {
+            if self.pkid == 0 {
+                Op::MsgDel { client, seq }
+            } else {
+                Op::MsgState {
+                    client,
+                    seq,
+                    state: StoredState::Sent(self.pkid),
+                }
+            }
+        })
+    }
+}
+
 impl Outbound {
     /// Queues a delivery. `force` skips the bounds (retained messages sent on SUBSCRIBE, which
     /// are already held by the retained store). Returns whether the queue was empty before, or

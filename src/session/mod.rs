@@ -652,19 +652,9 @@ impl<T: Transport> Connection<T> {
                 let Some(o) = st.out.next(limits) else { break };
                 bytes += o.delivery.msg.payload.len() + o.delivery.msg.topic.as_str().len();
                 let mut ticket = 0;
-                if o.delivery.seq != 0 {
-                    // Under the session lock: the store sees this after the MsgPut.
-                    let client = self.client_id.clone();
-                    let seq = o.delivery.seq;
-                    let t = self.ctx.broker.store().submit(if o.pkid == 0 {
-                        Op::MsgDel { client, seq }
-                    } else {
-                        Op::MsgState {
-                            client,
-                            seq,
-                            state: StoredState::Sent(o.pkid),
-                        }
-                    });
+                // Under the session lock: the store sees this after the MsgPut.
+                if let Some(op) = o.sent_op(&self.client_id) {
+                    let t = self.ctx.broker.store().submit(op);
                     // [MQTT-4.3.3] a QoS 2 PUBLISH goes out only once the message and its
                     // packet id are on disk: after a crash it is re-sent with that id and
                     // DUP=1, never delivered again under a new id (a duplicate), and no new
