@@ -6,43 +6,12 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Reads one packet from a buffered reader; None on EOF or error.
-fn read_packet_from(r: &mut impl Read) -> Option<Vec<u8>> {
-    let mut first = [0u8; 1];
-    r.read_exact(&mut first).ok()?;
-    let mut p = vec![first[0]];
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b).ok()?;
-        p.push(b[0]);
-        len |= usize::from(b[0] & 0x7f) << shift;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let start = p.len();
-    p.resize(start + len, 0);
-    r.read_exact(&mut p[start..]).ok()?;
-    Some(p)
-}
-
-fn rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Stops the broker (SIGTERM, clean exit asserted) and returns its whole log, including the
 /// summary lines written at shutdown.
